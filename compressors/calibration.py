@@ -1,0 +1,70 @@
+"""Text -> token windows, exactly as the evaluation protocol in DESIGN.md prescribes.
+
+Calibration windows are drawn one at a time after `torch.manual_seed(seed)`, each starting at
+`torch.randint(0, n_tokens - seqlen, (1,))`, so any implementation that follows the protocol
+sees the same windows. Evaluation windows are the first `n` non-overlapping windows.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from compressors import assets
+
+
+class CalibrationConfig(BaseModel):
+    """Where statistics-driven methods (wanda, sparsegpt, ...) look at activations."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    text: str = Field(assets.CALIBRATION_TEXT, description="corpus name or text file path")
+    samples: int = Field(32, ge=1, le=4096, description="number of windows")
+    seqlen: int = Field(512, ge=8, le=32768, description="tokens per window")
+    seed: int = Field(0, ge=0, description="torch.manual_seed before drawing windows")
+
+
+class EvaluationConfig(BaseModel):
+    """Perplexity measurement; `windows: 0` skips it (the report then says null)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    text: str = Field(assets.EVALUATION_TEXT, description="corpus name or text file path")
+    windows: int = Field(40, ge=0, le=100000, description="first N non-overlapping windows")
+    seqlen: int = Field(512, ge=8, le=32768, description="tokens per window")
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """All tokens of `text` as a 1-D LongTensor, without special tokens."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def random_windows(tokens: torch.Tensor, samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """`[samples, seqlen]` windows at protocol-defined random starts."""
+    n_tokens = tokens.numel()
+    if n_tokens <= seqlen:
+        raise ValueError(f"calibration text has {n_tokens} tokens; need more than seqlen={seqlen}")
+    torch.manual_seed(seed)
+    windows = []
+    for _ in range(samples):
+        start = int(torch.randint(0, n_tokens - seqlen, (1,)).item())
+        windows.append(tokens[start : start + seqlen])
+    return torch.stack(windows)
+
+
+def sequential_windows(tokens: torch.Tensor, windows: int, seqlen: int) -> torch.Tensor:
+    """The first `windows` non-overlapping `[seqlen]` windows (fewer if the text is short)."""
+    available = tokens.numel() // seqlen
+    if available == 0:
+        raise ValueError(f"evaluation text has {tokens.numel()} tokens; need at least {seqlen}")
+    count = min(windows, available)
+    return tokens[: count * seqlen].view(count, seqlen)
+
+
+def calibration_windows(tokenizer, config: CalibrationConfig) -> torch.Tensor:
+    tokens = tokenize(tokenizer, assets.load_text(config.text))
+    return random_windows(tokens, config.samples, config.seqlen, config.seed)
+
+
+def evaluation_windows(tokenizer, config: EvaluationConfig) -> torch.Tensor:
+    tokens = tokenize(tokenizer, assets.load_text(config.text))
+    return sequential_windows(tokens, config.windows, config.seqlen)

@@ -1,0 +1,86 @@
+"""Find transformer blocks and Linear-like layers in any architecture, without per-model code.
+
+A *block* is an entry of the model's largest `nn.ModuleList` whose entries all share one class
+(Llama's `model.layers`, GPT-2's `transformer.h`, BERT's `encoder.layer`, ...). A *Linear-like*
+layer is `nn.Linear` or GPT-2's `Conv1D`, which stores its weight transposed; `weight_matrix`
+hides that difference by always returning an `[out_features, in_features]` view.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    return isinstance(module, LINEAR_TYPES)
+
+
+def weight_matrix(layer: nn.Module) -> torch.Tensor:
+    """The weight as `[out, in]`; a view, so in-place edits reach the layer."""
+    if isinstance(layer, Conv1D):
+        return layer.weight.data.t()
+    return layer.weight.data
+
+
+def in_features(layer: nn.Module) -> int:
+    return weight_matrix(layer).shape[1]
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The repeated transformer blocks: the biggest homogeneous ModuleList by parameter count."""
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if best is None or size > best[0]:
+            best = (size, name, module)
+    if best is None:
+        raise ValueError(f"no transformer blocks found in {type(model).__name__}")
+    return best[1], best[2]
+
+
+def block_names(model: nn.Module) -> list[str]:
+    prefix, blocks = find_blocks(model)
+    return [f"{prefix}.{i}" for i in range(len(blocks))]
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if is_linear_like(m)}
+
+
+def select_layers(
+    model: nn.Module, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None
+) -> dict[str, nn.Module]:
+    """Linear-like layers chosen by regex (`re.search` on the full name).
+
+    Without `include`, the default is every Linear-like layer inside the transformer blocks,
+    which never includes embeddings or the LM head; with it, any Linear-like layer may match.
+    """
+    layers = linear_layers(model)
+    if include:
+        patterns = [re.compile(p) for p in include]
+        chosen = {n: m for n, m in layers.items() if any(p.search(n) for p in patterns)}
+    else:
+        prefix, _ = find_blocks(model)
+        chosen = {n: m for n, m in layers.items() if n.startswith(prefix + ".")}
+    for pattern in [re.compile(p) for p in exclude or []]:
+        chosen = {n: m for n, m in chosen.items() if not pattern.search(n)}
+    return chosen
+
+
+def layers_in_block(layers: dict[str, nn.Module], block_name: str) -> dict[str, nn.Module]:
+    return {n: m for n, m in layers.items() if n.startswith(block_name + ".")}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,1 @@
+"""Pruning methods: one module each, with the mask math in `masks.py`."""
