@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressors import assets
+from compressors import assets, checkpoint_formats
 
 MAX_SHARD = "2GB"
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -89,7 +89,8 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, folder: Path) -> None:
         method = quant.get("quant_method") if isinstance(quant, dict) else quant.quant_method
         if str(method) == "gguf":  # dequantized on load: what we save is plain weights
             del config.quantization_config
-    model.save_pretrained(folder, safe_serialization=True, max_shard_size=MAX_SHARD)
+    if not checkpoint_formats.save_special(model, folder):
+        model.save_pretrained(folder, safe_serialization=True, max_shard_size=MAX_SHARD)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
@@ -108,12 +109,15 @@ def size_on_disk(source: Path) -> int:
 def load(folder: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
     """The one public loader for every checkpoint this project writes.
 
-    Plain (pruned or dense) checkpoints load with transformers directly; quantized ones carry
-    their `quantization_config` and transformers restores them the same way.
+    Formats listed in `checkpoint_formats` (factorized layers, quantization corrections) are
+    tried first; plain and bitsandbytes checkpoints load with transformers directly.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     path = Path(folder)
+    special = checkpoint_formats.load_special(path, dtype)
+    if special is not None:
+        return special
     common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
     config = AutoConfig.from_pretrained(path, **common)
     loader = AutoModelForCausalLM if _is_causal(config) else AutoModel
