@@ -1,0 +1,54 @@
+"""Token windows follow the evaluation protocol exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressors import assets
+from compressors.calibration import random_windows, sequential_windows
+
+
+def test_random_windows_follow_protocol_draws():
+    tokens = torch.arange(10_000)
+    windows = random_windows(tokens, samples=5, seqlen=64, seed=0)
+    torch.manual_seed(0)
+    for row in windows:
+        start = int(torch.randint(0, 10_000 - 64, (1,)).item())
+        assert torch.equal(row, tokens[start : start + 64])
+
+
+def test_random_windows_reproducible_and_seeded():
+    tokens = torch.arange(5000)
+    assert torch.equal(random_windows(tokens, 4, 32, 0), random_windows(tokens, 4, 32, 0))
+    assert not torch.equal(random_windows(tokens, 4, 32, 0), random_windows(tokens, 4, 32, 1))
+
+
+def test_sequential_windows_non_overlapping_prefix():
+    tokens = torch.arange(1000)
+    windows = sequential_windows(tokens, windows=3, seqlen=100)
+    assert windows.shape == (3, 100)
+    assert torch.equal(windows.flatten(), tokens[:300])
+    assert sequential_windows(tokens, windows=50, seqlen=100).shape == (10, 100)
+
+
+def test_short_text_errors():
+    with pytest.raises(ValueError, match="seqlen"):
+        random_windows(torch.arange(10), 1, 64, 0)
+
+
+def test_sotu_corpora_split_by_year():
+    calibration = assets.sotu_speeches(1900, 1999)
+    evaluation = assets.sotu_speeches(2000)
+    assert calibration and evaluation
+    assert all(1900 <= int(p.name[:4]) <= 1999 for p in calibration)
+    assert all(int(p.name[:4]) >= 2000 for p in evaluation)
+    assert [p.name for p in calibration] == sorted(p.name for p in calibration)
+    text = assets.load_text("sotu:2000-")
+    assert text.startswith(evaluation[0].read_text(encoding="utf-8")[:200])
+    assert "\n\n" in text
+
+
+def test_unknown_text_is_a_clear_error():
+    with pytest.raises(ValueError, match="neither a built-in corpus"):
+        assets.load_text("no-such-corpus")
