@@ -92,7 +92,12 @@ def reference_prune_wanda(model, windows, sparsity: float, prune_n: int, prune_m
 
 
 def child(args: argparse.Namespace) -> None:
-    from compressors.calibration import EvaluationConfig, evaluation_windows
+    from compressors.calibration import (
+        CalibrationConfig,
+        EvaluationConfig,
+        calibration_windows,
+        evaluation_windows,
+    )
     from compressors.context import StepContext
     from compressors.evaluate import peak_rss_bytes, perplexity
     from compressors.model_io import load_model
@@ -101,7 +106,11 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(2)
     loaded = load_model("smollm2-135m")
     rss_loaded = peak_rss_bytes()
-    windows = reference_windows(loaded.tokenizer, args.samples, args.seqlen, 0)
+    if args.impl == "reference":
+        windows = reference_windows(loaded.tokenizer, args.samples, args.seqlen, 0)
+    else:
+        windows = calibration_windows(loaded.tokenizer,
+                                      CalibrationConfig(samples=args.samples, seqlen=args.seqlen))
     n, m = (int(x) for x in args.pattern.split(":")) if args.pattern else (0, 0)
     start = time.perf_counter()
     if args.impl == "reference":

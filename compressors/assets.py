@@ -116,18 +116,30 @@ def sotu_speeches(first_year: int, last_year: int | None = None) -> list[Path]:
     return chosen
 
 
-def load_text(spec: str) -> str:
-    """A built-in corpus name (`sotu:1900-1999`, `sotu:2000-`) or a path to a UTF-8 text file."""
+def load_text_parts(spec: str) -> list[str]:
+    """The text of `spec` in pieces whose concatenation is the text.
+
+    A built-in corpus comes as one piece per speech, each after the first starting with the
+    blank line that joins it to the one before; tokenizing piece by piece keeps peak memory low
+    (see `calibration.tokenize`). A text file is one piece.
+    """
     match = _SOTU_RANGE.match(spec)
     if match:
         first, last = int(match.group(1)), match.group(2)
         files = sotu_speeches(first, int(last) if last else None)
         if not files:
             raise ValueError(f"text {spec!r}: no SOTU speeches in that year range")
-        return "\n\n".join(path.read_text(encoding="utf-8") for path in files)
+        texts = [path.read_text(encoding="utf-8") for path in files]
+        return texts[:1] + ["\n\n" + text for text in texts[1:]]
     path = Path(spec)
     if not path.is_file():
         raise ValueError(
             f"text {spec!r} is neither a built-in corpus (sotu:YYYY-YYYY) nor a readable file"
         )
-    return path.read_text(encoding="utf-8")
+    return [path.read_text(encoding="utf-8")]
+
+
+def load_text(spec: str) -> str:
+    """A built-in corpus name (`sotu:1900-1999`, `sotu:2000-`) or a path to a UTF-8 text file;
+    built-in speeches are joined in file-name order with a blank line between them."""
+    return "".join(load_text_parts(spec))

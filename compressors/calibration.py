@@ -32,10 +32,28 @@ class EvaluationConfig(BaseModel):
     seqlen: int = Field(512, ge=8, le=32768, description="tokens per window")
 
 
-def tokenize(tokenizer, text: str) -> torch.Tensor:
-    """All tokens of `text` as a 1-D LongTensor, without special tokens."""
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+def tokenize(tokenizer, text: str | list[str]) -> torch.Tensor:
+    """All tokens of `text` as a 1-D LongTensor, without special tokens.
+
+    A fast tokenizer keeps offsets and token strings for every token, which for a 5 MB corpus
+    costs most of a gigabyte at once; given pieces that start at whitespace after a word, a
+    byte-level BPE tokenizer splits there anyway, so tokenizing piece by piece gives the same
+    ids at a fraction of the peak memory. Other tokenizers get the joined text.
+    """
+    parts = [text] if isinstance(text, str) else text
+    if len(parts) > 1 and not _splits_at_whitespace(tokenizer):
+        parts = ["".join(parts)]
+    ids: list[torch.Tensor] = []
+    for part in parts:
+        encoded = tokenizer(part, add_special_tokens=False, return_attention_mask=False)
+        ids.append(torch.tensor(encoded["input_ids"], dtype=torch.long))
+    return torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)
+
+
+def _splits_at_whitespace(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    return pre is not None and "ByteLevel" in repr(pre) and "use_regex=True" in repr(pre)
 
 
 def random_windows(tokens: torch.Tensor, samples: int, seqlen: int, seed: int) -> torch.Tensor:
@@ -61,10 +79,10 @@ def sequential_windows(tokens: torch.Tensor, windows: int, seqlen: int) -> torch
 
 
 def calibration_windows(tokenizer, config: CalibrationConfig) -> torch.Tensor:
-    tokens = tokenize(tokenizer, assets.load_text(config.text))
+    tokens = tokenize(tokenizer, assets.load_text_parts(config.text))
     return random_windows(tokens, config.samples, config.seqlen, config.seed)
 
 
 def evaluation_windows(tokenizer, config: EvaluationConfig) -> torch.Tensor:
-    tokens = tokenize(tokenizer, assets.load_text(config.text))
+    tokens = tokenize(tokenizer, assets.load_text_parts(config.text))
     return sequential_windows(tokens, config.windows, config.seqlen)

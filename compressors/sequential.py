@@ -151,6 +151,8 @@ def run_sequential(
             context = BlockContext(index, name, block, layers_in_block(targets, name), inputs)
             if context.layers:
                 process_block(context)
+            if index == len(blocks) - 1:
+                break  # nothing reads the last block's outputs
             outputs = context.outputs()
             inputs = [
                 BlockBatch(out, batch.args, batch.kwargs)
@@ -158,5 +160,7 @@ def run_sequential(
             ]
             if progress:
                 progress((index + 1) / len(blocks), f"block {index + 1}/{len(blocks)}")
+        if progress:
+            progress(1.0, f"block {len(blocks)}/{len(blocks)}")
     finally:
         model.train(was_training)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compressors import assets
-from compressors.calibration import random_windows, sequential_windows
+from compressors.calibration import random_windows, sequential_windows, tokenize
 
 
 def test_random_windows_follow_protocol_draws():
@@ -52,3 +52,10 @@ def test_sotu_corpora_split_by_year():
 def test_unknown_text_is_a_clear_error():
     with pytest.raises(ValueError, match="neither a built-in corpus"):
         assets.load_text("no-such-corpus")
+
+
+@pytest.mark.parametrize("spec", ["sotu:1900-1999", "sotu:2000-"])
+def test_piecewise_tokenization_equals_whole_text(spec, smollm2_tokenizer):
+    whole = tokenize(smollm2_tokenizer, assets.load_text(spec))
+    pieces = tokenize(smollm2_tokenizer, assets.load_text_parts(spec))
+    assert torch.equal(whole, pieces)
