@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our bars say what is happening; theirs only add noise
     try:
         return args.func(args)
     except (ValueError, FileExistsError, KeyError) as error:
