@@ -17,7 +17,10 @@ from torch import nn
 
 def _formats() -> list[ModuleType]:
     """Imported lazily: formats may depend on optional heavy modules (bitsandbytes)."""
-    return []
+    from compressors.lowrank import checkpoint as lowrank
+    from compressors.quantization import checkpoint as quantized
+
+    return [quantized, lowrank]
 
 
 def save_special(model: nn.Module, folder: Path) -> bool:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressors.modules import find_blocks, linear_layers, weight_matrix
+from compressors.modules import dense_weight, find_blocks, is_quantized, linear_layers
 
 ProgressFn = Callable[[float, str], None]
 
@@ -36,11 +36,17 @@ def perplexity(
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters), counting tied tensors once."""
+    """(parameters, nonzero parameters), counting tied tensors once.
+
+    Quantized weights count as the logical matrix they stand for (dequantized), not as the
+    packed bytes that store them.
+    """
+    quantized = {id(m.weight): m for m in model.modules() if is_quantized(m)}
     total = nonzero = 0
     for param in model.parameters():
-        total += param.numel()
-        nonzero += int(torch.count_nonzero(param.detach()).item())
+        values = dense_weight(quantized[id(param)]) if id(param) in quantized else param.detach()
+        total += values.numel()
+        nonzero += int(torch.count_nonzero(values).item())
     return total, nonzero
 
 
@@ -56,7 +62,7 @@ def sparsity_report(model: nn.Module, layer_names: list[str] | None = None) -> d
     per_layer: dict[str, float] = {}
     zeros = count = 0
     for name in layer_names:
-        weight = weight_matrix(layers[name])
+        weight = dense_weight(layers[name])
         layer_zeros = int((weight == 0).sum().item())
         per_layer[name] = layer_zeros / weight.numel()
         zeros += layer_zeros

@@ -22,11 +22,28 @@ def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, LINEAR_TYPES)
 
 
+def is_quantized(module: nn.Module) -> bool:
+    """A bitsandbytes layer (Linear4bit, Linear8bitLt): its weight tensor holds packed codes."""
+    return type(module).__module__.startswith("bitsandbytes") and hasattr(module, "weight")
+
+
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
     """The weight as `[out, in]`; a view, so in-place edits reach the layer."""
+    if is_quantized(layer):
+        raise TypeError(f"{type(layer).__name__} holds packed quantized weights that cannot be "
+                        "edited in place; read them with dense_weight, edit before quantizing")
     if isinstance(layer, Conv1D):
         return layer.weight.data.t()
     return layer.weight.data
+
+
+def dense_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight as `[out, in]` for reading: `weight_matrix`, or a dequantized float32 copy."""
+    if is_quantized(layer):
+        from compressors.quantization.layers import dequantize
+
+        return dequantize(layer)
+    return weight_matrix(layer)
 
 
 def in_features(layer: nn.Module) -> int:

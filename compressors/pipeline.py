@@ -25,6 +25,7 @@ from compressors.evaluate import (
 from compressors.model_io import LoadedModel, load_model, save_checkpoint, size_on_disk
 from compressors.progress import ProgressCallback, ProgressTracker
 from compressors.publish import check_destination, staging_folder
+from compressors.quantization.layers import memory_footprint
 from compressors.recipe import Recipe
 from compressors.registry import get_method
 from compressors.report import write_outputs
@@ -47,6 +48,7 @@ def measure(
     else:
         metrics["perplexity"] = None
     metrics["parameters"], metrics["nonzero_parameters"] = parameter_counts(model)
+    metrics["footprint_bytes"] = memory_footprint(model)
     if causal:
         metrics.update(forward_latency(model, seqlen=min(128, context.evaluation.seqlen)))
     return metrics

@@ -14,8 +14,12 @@ from typing import Any
 from torch import nn
 
 from compressors.context import StepContext, StepResult
+from compressors.lowrank import LowRankConfig, run_lowrank
 from compressors.pruning.magnitude import MagnitudeConfig, run_magnitude
+from compressors.pruning.sparsegpt import SparseGPTConfig, run_sparsegpt
 from compressors.pruning.wanda import WandaConfig, run_wanda
+from compressors.quantization import QuantizeConfig, run_quantize
+from compressors.retraining import PerpConfig, run_perp
 from compressors.step_config import StepConfig
 
 RunFn = Callable[[nn.Module, Any, StepContext], StepResult]
@@ -41,6 +45,26 @@ METHODS: dict[str, Method] = {
         Method(
             "wanda", WandaConfig, run_wanda, "compressing",
             "prune by |W|·‖X‖₂ within each output row (Sun et al. 2023); unstructured or N:M",
+            needs_calibration=True,
+        ),
+        Method(
+            "sparsegpt", SparseGPTConfig, run_sparsegpt, "compressing",
+            "SparseGPT: OBS pruning with weight reconstruction from each layer's Hessian "
+            "(Frantar & Alistarh 2023); unstructured or N:M",
+            needs_calibration=True,
+        ),
+        Method(
+            "perp", PerpConfig, run_perp, "retraining",
+            "PERP: retrain biases, norms and mask-keeping LoRA after pruning; sparsity stays exact",
+        ),
+        Method(
+            "quantize", QuantizeConfig, run_quantize, "quantizing",
+            "bitsandbytes int8 (LLM.int8) / nf4 / fp4 weights, optional LoRC error correction",
+        ),
+        Method(
+            "lowrank", LowRankConfig, run_lowrank, "compressing",
+            "PELA: truncated-SVD factorization of Linear layers, trained against the frozen "
+            "original (distillation + weight-perturbation regularization)",
             needs_calibration=True,
         ),
     ]

@@ -1,0 +1,254 @@
+"""Job-service benchmark: submission latency, enqueue-to-start latency, trivial-job throughput.
+
+    .venv/bin/python bench/service.py                  # 50 clients x 10 submissions, 10 + 20 jobs
+    .venv/bin/python bench/service.py --clients 50 --per-client 10 --jobs 20 --write
+
+Starts the API (`python -m service`) and one worker (`python -m worker`) as real processes on
+the real Redis (REDIS_URL, default redis://127.0.0.1:6379/13) under a unique key prefix and
+queue, all of which is deleted afterwards. The tiny random Llama (saved with the real SmolLM2
+tokenizer) is the model of the trivial recipe: magnitude 50%, no perplexity.
+
+1. Submission: `--clients` concurrent HTTP clients (asyncio + httpx, keep-alive) each POST
+   `--per-client` jobs with no worker running; latency is per request, as the client sees it.
+2. Enqueue-to-start: one idle worker, jobs submitted one at a time; `started_at - created_at`
+   from the job record (includes the fork of the job process and its imports).
+3. Throughput: `--jobs` jobs submitted at once to one worker; jobs/s from the first
+   `created_at` to the last `finished_at`.
+The load generator runs on the same machine as the service and competes for its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = {"steps": [{"method": "magnitude", "sparsity": 0.5}],
+          "evaluation": {"windows": 0}, "calibration": {"samples": 1, "seqlen": 64}}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _tiny_model(folder: Path) -> Path:
+    """A 2-block random Llama with the real tokenizer: jobs on it take about a second."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from compressors.assets import smollm2_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path(), local_files_only=True)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=True, architectures=["LlamaForCausalLM"])
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class Service:
+    """The API and worker processes plus their environment; cleans Redis on close."""
+
+    def __init__(self, redis_url: str, root: Path, port: int) -> None:
+        self.token = "bench" + uuid.uuid4().hex[:8]
+        self.port = port
+        self.env = {**os.environ, "COMPRESSORS_REDIS_URL": redis_url,
+                    "COMPRESSORS_DATA_DIR": str(root / "data"),
+                    "COMPRESSORS_MODELS_DIR": str(root / "models"),
+                    "COMPRESSORS_KEY_PREFIX": self.token, "COMPRESSORS_QUEUE_NAME": self.token,
+                    "COMPRESSORS_TORCH_THREADS": "1", "COMPRESSORS_DEVICE": "cpu",
+                    "COMPRESSORS_PROGRESS_INTERVAL": "1", "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+        self.procs: list[subprocess.Popen] = []
+        self.log = (root / "service.log").open("wb")
+        self.key = self._cli("keys", "create", "--name", "bench", "--admin").strip()
+
+    def _cli(self, *args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "service", *args], env=self.env, cwd=ROOT,
+                              check=True, capture_output=True, text=True).stdout
+
+    def start_api(self) -> None:
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(self.port), "--log-level", "warning"],
+            env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("API did not start")
+
+    def start_worker(self) -> None:
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "worker", "--name", f"{self.token}-w", "--log-level",
+             "WARNING"], env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        from redis import Redis
+
+        redis = Redis.from_url(self.env["COMPRESSORS_REDIS_URL"])
+        doomed = list(redis.scan_iter(f"*{self.token}*"))
+        job_ids = [k.decode().rsplit(":", 1)[1] for k in doomed if b":job:" in k]
+        for job_id in job_ids:
+            doomed += list(redis.scan_iter(f"rq:*{job_id}*"))
+        for registry in ("rq:workers", "rq:queues"):
+            for member in redis.smembers(registry):
+                if self.token in member.decode():
+                    redis.srem(registry, member)
+        if doomed:
+            redis.delete(*set(doomed))
+
+
+async def _client(base: str, key: str, count: int, latencies: list[float]) -> None:
+    async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=60) as http:
+        for _ in range(count):
+            began = time.perf_counter()
+            response = await http.post("/api/v1/jobs", json={"model": "tiny", "recipe": RECIPE})
+            latencies.append(time.perf_counter() - began)
+            response.raise_for_status()
+
+
+def bench_submission(service: Service, clients: int, per_client: int) -> dict[str, Any]:
+    base = f"http://127.0.0.1:{service.port}"
+    asyncio.run(_client(base, service.key, 5, []))  # warm-up
+    latencies: list[float] = []
+
+    async def run_all() -> float:
+        began = time.perf_counter()
+        await asyncio.gather(*(_client(base, service.key, per_client, latencies)
+                               for _ in range(clients)))
+        return time.perf_counter() - began
+
+    wall = asyncio.run(run_all())
+    return {"n": len(latencies), "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * _percentile(latencies, 99), "max_ms": 1000 * max(latencies),
+            "rps": len(latencies) / wall}
+
+
+def _drain(http: httpx.Client) -> None:
+    """Cancel and delete every job (those left queued by the submission benchmark)."""
+    while jobs := http.get("/api/v1/jobs", params={"limit": 200}).json()["jobs"]:
+        for job in jobs:
+            http.post(f"/api/v1/jobs/{job['id']}/cancel")
+            http.delete(f"/api/v1/jobs/{job['id']}")
+
+
+def _wait_finished(http: httpx.Client, job_id: str) -> dict[str, Any]:
+    while True:
+        record = http.get(f"/api/v1/jobs/{job_id}").json()
+        if record["state"] in ("succeeded", "failed", "cancelled"):
+            if record["state"] != "succeeded":
+                raise RuntimeError(f"job {job_id} {record['state']}: {record['error']}")
+            return record
+        time.sleep(0.05)
+
+
+def bench_jobs(service: Service, sequential: int, burst: int) -> dict[str, Any]:
+    http = httpx.Client(base_url=f"http://127.0.0.1:{service.port}",
+                        headers={"X-API-Key": service.key}, timeout=60)
+    while len(http.get("/api/v1/workers").json()["workers"]) == 0:
+        time.sleep(0.2)
+    _wait_finished(http, http.post("/api/v1/jobs", json={"model": "tiny", "recipe": RECIPE})
+                   .json()["id"])  # warm-up: page cache, bundled files
+    starts = []
+    for _ in range(sequential):
+        job_id = http.post("/api/v1/jobs", json={"model": "tiny", "recipe": RECIPE}).json()["id"]
+        record = _wait_finished(http, job_id)
+        starts.append(_ts(record["started_at"]) - _ts(record["created_at"]))
+    ids = [http.post("/api/v1/jobs", json={"model": "tiny", "recipe": RECIPE}).json()["id"]
+           for _ in range(burst)]
+    records = [_wait_finished(http, job_id) for job_id in ids]
+    span = max(_ts(r["finished_at"]) for r in records) - min(_ts(r["created_at"]) for r in records)
+    return {"start_p50_s": statistics.median(starts), "start_max_s": max(starts),
+            "burst": burst, "burst_s": span, "jobs_per_s": burst / span}
+
+
+def table(sub: dict[str, Any], jobs: dict[str, Any], args: argparse.Namespace) -> str:
+    rows = [
+        ("submission latency p50 (ms)", f"{sub['p50_ms']:.1f}"),
+        ("submission latency p99 (ms)", f"{sub['p99_ms']:.1f}"),
+        ("submission latency max (ms)", f"{sub['max_ms']:.1f}"),
+        ("submissions per second", f"{sub['rps']:.0f}"),
+        ("enqueue-to-start p50 (s)", f"{jobs['start_p50_s']:.3f}"),
+        ("enqueue-to-start max (s)", f"{jobs['start_max_s']:.3f}"),
+        (f"trivial jobs per second ({jobs['burst']} jobs, 1 worker)", f"{jobs['jobs_per_s']:.3f}"),
+    ]
+    head = (f"{args.clients} concurrent clients x {args.per_client} submissions "
+            f"({sub['n']} requests); {args.sequential} sequential jobs; {args.jobs} burst jobs")
+    lines = [head, "", "| measure | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--per-client", type=int, default=10)
+    parser.add_argument("--sequential", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--port", type=int, default=18655)
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
+                                                              "redis://127.0.0.1:6379/13"))
+    parser.add_argument("--write", action="store_true", help="save to bench/results/service.md")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    _tiny_model(root / "models" / "tiny")
+    service = Service(args.redis_url, root, args.port)
+    try:
+        service.start_api()
+        sub = bench_submission(service, args.clients, args.per_client)
+        _drain(httpx.Client(base_url=f"http://127.0.0.1:{args.port}",
+                            headers={"X-API-Key": service.key}, timeout=60))
+        service.start_worker()
+        jobs = bench_jobs(service, args.sequential, args.jobs)
+    finally:
+        service.close()
+        shutil.rmtree(root, ignore_errors=True)
+    text = table(sub, jobs, args)
+    print(text)
+    if args.write:
+        machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
+                   f"{platform.python_version()}, {platform.system()} {platform.release()}")
+        out = ROOT / "bench" / "results" / "service.md"
+        out.write_text(
+            f"# Job service benchmark\n\n`.venv/bin/python bench/service.py --write`, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\nMachine: {machine}; "
+            "other engineers' jobs and tests were sharing these cores during the run, and the "
+            "load generator runs on the same cores as the API.\n\n" + text + "\n",
+            encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The job service: HTTP API, job records, queue and auth around the compression library."""

@@ -1,0 +1,66 @@
+"""The FastAPI application: API, open health routes, and the dashboard when it is installed."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from service.api import api_router, health, session
+from service.auth import KeyStore
+from service.connection import redis_client
+from service.jobs import JobStore
+from service.queue import get_queue
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    import compressors.recipe  # noqa: F401 - warm the validator before the first request
+
+    yield
+    client = getattr(app.state, "aredis", None)
+    if client is not None:
+        await client.aclose()
+
+
+def _include_dashboard(app: FastAPI) -> None:
+    """The dashboard is optional: include its router if `service.dashboard` provides one."""
+    try:
+        dashboard = importlib.import_module("service.dashboard")
+    except ModuleNotFoundError as exc:
+        if exc.name != "service.dashboard":
+            raise
+        return
+    router = getattr(dashboard, "router", None)
+    if router is not None:
+        app.include_router(router)
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app on one Redis connection pool shared by every request."""
+    settings = settings or get_settings()
+    app = FastAPI(title="compressors", version="0.1.0", lifespan=_lifespan,
+                  description="Model-compression jobs: submit a model and a recipe, get back a "
+                              "compressed checkpoint and a report.")
+    redis = redis_client(settings.redis_url)
+    app.state.settings = settings
+    app.state.redis = redis
+    app.state.store = JobStore(redis, settings.key_prefix)
+    app.state.keys = KeyStore(redis, settings.key_prefix)
+    app.state.queue = get_queue(redis, settings)
+    app.include_router(health.router)
+    app.include_router(session.router)
+    app.include_router(api_router())
+    _include_dashboard(app)
+    return app
