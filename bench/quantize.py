@@ -8,6 +8,7 @@ curve, so users can choose a rank.
 
     .venv/bin/python bench/quantize.py                    # protocol: 40 eval windows of 512
     .venv/bin/python bench/quantize.py --windows 10 --ranks 4 8
+    .venv/bin/python bench/quantize.py --only fp32 fp4 dq     # a subset of rows
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 MB = 1e6
+ROWS = ("fp32", "int8", "nf4", "lorc", "fp4", "dq", "wanda")
 
 
 @dataclass
@@ -83,13 +85,25 @@ def quantize(model, context, **options) -> tuple[Any, float, dict]:
     return result.model, section["quantize_seconds"], section
 
 
-def table(rows: list[Row], baseline: float) -> str:
+def schemes(ranks: list[int]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(row key for --only, row name, quantize options), in the order they run."""
+    return [("int8", "int8", {"bits": 8}), ("nf4", "nf4", {"quant_type": "nf4"}),
+            *[("lorc", f"nf4 + LoRC r{r}", {"quant_type": "nf4", "lorc_rank": r}) for r in ranks],
+            ("fp4", "fp4", {"quant_type": "fp4"}),
+            ("dq", "nf4 + double quant", {"quant_type": "nf4", "double_quant": True})]
+
+
+def delta(value: float, baseline: float | None) -> str:
+    return "-" if baseline is None else f"{100 * (value / baseline - 1):+.2f}%"
+
+
+def table(rows: list[Row], baseline: float | None) -> str:
     lines = ["| model | perplexity | Δ vs fp32 | size MB | footprint MB | quantize s | tokens/s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         seconds = "-" if r.quantize_seconds is None else f"{r.quantize_seconds:.1f}"
         lines.append(
-            f"| {r.name} | {r.perplexity:.3f} | {100 * (r.perplexity / baseline - 1):+.2f}% | "
+            f"| {r.name} | {r.perplexity:.3f} | {delta(r.perplexity, baseline)} | "
             f"{r.size_bytes / MB:.1f} | {r.footprint_bytes / MB:.1f} | {seconds} | "
             f"{r.tokens_per_second:.0f} |")
     return "\n".join(lines)
@@ -111,7 +125,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=40, help="evaluation windows of 512")
     parser.add_argument("--ranks", type=int, nargs="*", default=[4, 8, 16, 32])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-wanda", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=ROWS, default=list(ROWS),
+                        help="rows to run (a long run can be split over processes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -130,16 +145,14 @@ def main() -> None:
     windows = context.evaluation_windows
     print(f"<!-- {machine()}; eval {len(windows)}x{windows.shape[1]} tokens -->", flush=True)
     dense = loaded.model
-    rows = [measure("fp32", dense, windows, None, None)]
-    schemes: dict[str, dict[str, Any]] = {"int8": {"bits": 8}, "nf4": {"quant_type": "nf4"}}
-    schemes.update({f"nf4 + LoRC r{r}": {"quant_type": "nf4", "lorc_rank": r} for r in args.ranks})
-    schemes.update({"fp4": {"quant_type": "fp4"},
-                    "nf4 + double quant": {"quant_type": "nf4", "double_quant": True}})
-    for name, options in schemes.items():
+    rows = [measure("fp32", dense, windows, None, None)] if "fp32" in args.only else []
+    for key, name, options in schemes(args.ranks):
+        if key not in args.only:
+            continue
         model, seconds, section = quantize(dense, context, **options)
         rows.append(measure(name, model, windows, seconds, section))
         del model
-    if not args.skip_wanda:
+    if "wanda" in args.only:
         pruned = copy.deepcopy(dense)
         began = time.perf_counter()
         run_wanda(pruned, WandaConfig(sparsity=0.5), context)
@@ -154,18 +167,24 @@ def main() -> None:
         print(f"<!-- wanda took {prune_seconds:.0f} s; zeros kept "
               f"{section['zeros_kept']}/{section['zeros_before']} -->", flush=True)
     print()
-    print(table(rows, rows[0].perplexity))
-    plain = next(r for r in rows if r.name == "nf4")
+    print(table(rows, rows[0].perplexity if "fp32" in args.only else None))
+    summarize(rows)
+
+
+def summarize(rows: list[Row]) -> None:
+    """The LoRC curve and the two bars, for whichever of their rows this run measured."""
+    named = {r.name: r for r in rows}
+    plain, fp32, int8 = named.get("nf4"), named.get("fp32"), named.get("int8")
     curve = [r for r in rows if r.lorc_rank]
-    if curve:
+    if plain and curve:
         print()
         print(lorc_curve(curve, plain))
         below = all(r.perplexity < plain.perplexity for r in curve)
         print(f"\nnf4 + LoRC below plain nf4 at every rank: {'yes' if below else 'NO'}")
-    int8 = next(r for r in rows if r.name == "int8")
-    within = int8.perplexity <= rows[0].perplexity * 1.03
-    print(f"int8 within 3% of fp32: {'yes' if within else 'NO'} "
-          f"({100 * (int8.perplexity / rows[0].perplexity - 1):+.2f}%)")
+    if fp32 and int8:
+        within = int8.perplexity <= fp32.perplexity * 1.03
+        print(f"int8 within 3% of fp32: {'yes' if within else 'NO'} "
+              f"({100 * (int8.perplexity / fp32.perplexity - 1):+.2f}%)")
 
 
 if __name__ == "__main__":

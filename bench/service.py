@@ -222,6 +222,7 @@ def main() -> int:
                                                               "redis://127.0.0.1:6379/13"))
     parser.add_argument("--write", action="store_true", help="save to bench/results/service.md")
     args = parser.parse_args()
+    load = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="bench-service-"))
     _tiny_model(root / "models" / "tiny")
     service = Service(args.redis_url, root, args.port)
@@ -242,9 +243,10 @@ def main() -> int:
                    f"{platform.python_version()}, {platform.system()} {platform.release()}")
         out = ROOT / "bench" / "results" / "service.md"
         out.write_text(
-            f"# Job service benchmark\n\n`.venv/bin/python bench/service.py --write`, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\nMachine: {machine}; "
-            "other engineers' jobs and tests were sharing these cores during the run, and the "
+            f"# Job service benchmark\n\n`.venv/bin/python bench/service.py "
+            f"{' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+            f"\n\nMachine: {machine}; load average {load[0]:.1f} when it started: other "
+            "engineers' jobs and tests were sharing these cores during the run, and the "
             "load generator runs on the same cores as the API.\n\n" + text + "\n",
             encoding="utf-8")
     return 0

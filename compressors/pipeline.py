@@ -65,13 +65,18 @@ def compress(
     progress: ProgressCallback | None = None,
     overwrite: bool = False,
     device: torch.device | str | None = None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
-    """Compress `model` with `recipe` and publish the checkpoint and report into `out_dir`."""
+    """Compress `model` with `recipe` and publish the checkpoint and report into `out_dir`.
+
+    `model_name` is what the report and model card call the base model (default: `model` as
+    given); the service passes the user's name so no server path leaks into artifacts.
+    """
     out = Path(out_dir)
     check_destination(out.resolve(), overwrite)
     started = time.perf_counter()
     tracker = ProgressTracker(progress)
-    tracker.span("loading", 0.0, _LOAD)(0.0, f"loading {model}")
+    tracker.span("loading", 0.0, _LOAD)(0.0, "loading the model")
     loaded = load_model(model)
     run_device = torch.device(device) if device else default_device()
     loaded.model.to(run_device)
@@ -93,7 +98,7 @@ def compress(
         saving(0.1, "writing checkpoint")
         save_checkpoint(model_now, loaded.tokenizer, staging)
         after["size_bytes"] = size_on_disk(staging)
-        report = _build_report(model, loaded, recipe, steps, sections, before, after, model_now,
+        report = _build_report(model_name or str(model), loaded, recipe, steps, sections, before, after, model_now,
                                started, sorted(context.state.get("masks", {})) or None)
         write_outputs(staging, report)
         saving(0.9, "publishing")
@@ -134,7 +139,6 @@ def _build_report(
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "base_model": str(model_spec),
-        "base_model_path": str(loaded.source),
         "recipe": recipe.to_json_dict(),
         "steps": steps,
         "metrics": {"before": before, "after": after},

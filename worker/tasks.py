@@ -65,7 +65,7 @@ def _compress_or_reuse(settings: Settings, record: dict[str, Any], progress: Any
         torch.set_num_threads(settings.torch_threads)
     recipe = parse_recipe(record["recipe"])
     return compress(record.get("model_path") or record["model"], recipe, destination,
-                    progress=progress, device=settings.device)
+                    progress=progress, device=settings.device, model_name=record["model"])
 
 
 def _finish_failed(store: JobStore, job_id: str, attempt: int, exc: BaseException) -> None:

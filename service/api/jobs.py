@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import artifacts, events
@@ -85,10 +85,9 @@ def _check_text_path(settings: Settings, section: str, text: str) -> None:
         )
 
 
-@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED)
-def submit_job(body: JobSubmission, response: Response, principal: PrincipalDep,
-               settings: SettingsDep, store: StoreDep, queue: QueueDep,
-               redis: RedisDep) -> dict[str, Any]:
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=None)
+def submit_job(body: JobSubmission, principal: PrincipalDep, settings: SettingsDep,
+               store: StoreDep, queue: QueueDep, redis: RedisDep) -> JSONResponse:
     """Validate, then write the record and enqueue the RQ job in one Redis transaction."""
     recipe = _validate_recipe(settings, body.recipe)
     try:
@@ -106,8 +105,9 @@ def submit_job(body: JobSubmission, response: Response, principal: PrincipalDep,
         rq_queue.enqueue(queue, job_id, settings, pipeline=pipe)  # opens the MULTI
         store.create(record, pipeline=pipe)
         pipe.execute()
-    response.headers["Location"] = links(job_id)["self"]
-    return public(record)
+    # A plain JSONResponse skips FastAPI's re-encoding of the record: this is the hot path.
+    return JSONResponse(public(record), status_code=status.HTTP_202_ACCEPTED,
+                        headers={"Location": links(job_id)["self"]})
 
 
 @router.get("/jobs")

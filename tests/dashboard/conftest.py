@@ -100,6 +100,7 @@ def _cleanup_redis(url: str, prefix: str, queue: str, worker_name: str) -> None:
         if doomed:
             redis.delete(*set(doomed))
         redis.srem("rq:workers", f"rq:worker:{worker_name}")
+        redis.srem("rq:queues", f"rq:queue:{queue}")
     finally:
         redis.close()
 

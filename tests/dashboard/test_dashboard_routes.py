@@ -38,6 +38,7 @@ def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
             redis.scan_iter(match=f"rq:*{prefix}*"))
         if doomed:
             redis.delete(*doomed)
+        redis.srem("rq:queues", f"rq:queue:{prefix}")
         redis.close()
 
 

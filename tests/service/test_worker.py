@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import tarfile
+from pathlib import Path
 
 import psutil
 import pytest
@@ -36,7 +37,7 @@ def _horse_of(worker_pid: int) -> psutil.Process | None:
 
 def test_job_succeeds_streams_events_and_downloads(client, keys, workers, tiny_model, settings,
                                                     tmp_path):
-    workers.start()
+    worker = workers.start()
     wait_for(lambda: client.get("/readyz").status_code == 200)
     key = keys["alice"]
     job = submit(client, key, name="happy path")
@@ -76,6 +77,9 @@ def test_job_succeeds_streams_events_and_downloads(client, keys, workers, tiny_m
     assert len(workers_now) == 1 and workers_now[0]["heartbeat_age_s"] is not None
     metrics = client.get("/metrics", headers=auth(keys["admin"])).text
     assert 'compressors_job_seconds_count{method="magnitude"}' in metrics
+    # The worker's parent process ran a job yet never loaded torch (so never touched CUDA).
+    maps = Path(f"/proc/{worker.pid}/maps").read_text()
+    assert "libtorch" not in maps and "libc10" not in maps
 
 
 def test_failing_job_is_failed_once_not_retried(client, keys, workers, settings, tiny_model):
@@ -142,3 +146,19 @@ def test_killed_job_process_is_retried_at_once(client, keys, workers, tiny_model
     assert record["state"] == "succeeded" and record["attempt"] == 2
     assert worker.poll() is None  # the same worker survived and ran the retry
     assert _artifact_entries(settings, job["id"]) == [job["id"]]
+
+
+def test_job_over_its_timeout_fails_without_retry(keys, workers, tiny_model, settings, redis):
+    """JOB_TIMEOUT is enforced in the job process; a timeout is a failure, not a crash to retry."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    strict = create_app(settings.model_copy(update={"job_timeout": 10}))
+    with TestClient(strict) as client:
+        workers.start()
+        job = submit(client, keys["alice"], recipe=LONG_JOB, name="too slow")
+        record = wait_state(client, keys["alice"], job["id"], ("failed", "succeeded"))
+    assert record["state"] == "failed" and "Timeout" in record["error"]
+    assert record["attempt"] == 1
+    assert _artifact_entries(settings, job["id"]) == []
