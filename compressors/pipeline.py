@@ -98,8 +98,8 @@ def compress(
         saving(0.1, "writing checkpoint")
         save_checkpoint(model_now, loaded.tokenizer, staging)
         after["size_bytes"] = size_on_disk(staging)
-        report = _build_report(model_name or str(model), loaded, recipe, steps, sections, before, after, model_now,
-                               started, sorted(context.state.get("masks", {})) or None)
+        report = _build_report(model_name or str(model), recipe, steps, sections, before,
+                               after, model_now, started, sorted(context.state.get("masks", {})) or None)
         write_outputs(staging, report)
         saving(0.9, "publishing")
     saving(1.0, "done")
@@ -133,7 +133,7 @@ def _run_steps(
 
 
 def _build_report(
-    model_spec: str | Path, loaded: LoadedModel, recipe: Recipe, steps: list[dict[str, Any]],
+    model_spec: str | Path, recipe: Recipe, steps: list[dict[str, Any]],
     sections: dict[str, Any], before: dict[str, Any], after: dict[str, Any],
     model: nn.Module, started: float, pruned_layers: list[str] | None,
 ) -> dict[str, Any]:
