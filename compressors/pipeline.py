@@ -99,7 +99,8 @@ def compress(
         save_checkpoint(model_now, loaded.tokenizer, staging)
         after["size_bytes"] = size_on_disk(staging)
         report = _build_report(model_name or str(model), recipe, steps, sections, before,
-                               after, model_now, started, sorted(context.state.get("masks", {})) or None)
+                               after, model_now, started,
+                               sorted(context.state.get("masks", {})) or None)
         write_outputs(staging, report)
         saving(0.9, "publishing")
     saving(1.0, "done")
