@@ -61,14 +61,32 @@ def model_card(report: dict[str, Any]) -> str:
     return (
         f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n"
         f"# {Path(str(report['base_model'])).name} — compressed ({' → '.join(methods)})\n\n"
-        "Produced by the `compressors` service. Loads with "
-        "`AutoModelForCausalLM.from_pretrained(path)` (or `compressors.load(path)`).\n\n"
+        f"Produced by the `compressors` service. {_how_to_load(report)}\n\n"
         f"## Before / after\n\n| metric | before | after |\n| --- | --- | --- |\n{table}\n\n"
         + (f"Sparsity of the pruned layers: {sparsity:.2%}.\n\n" if sparsity else "")
         + "Perplexity is measured on held-out text with the recipe's evaluation settings "
         "(see `compression_report.json`).\n\n"
         f"## Recipe\n\n```json\n{recipe}\n```\n"
     )
+
+
+def _needs_our_loader(report: dict[str, Any]) -> bool:
+    """Factorized layers (unless exported dense) and LoRC corrections are not in transformers."""
+    for step in report["steps"]:
+        config = step.get("config", {})
+        if step["method"] == "lowrank" and not config.get("export_dense"):
+            return True
+        if step["method"] == "quantize" and config.get("lorc_rank"):
+            return True
+    return False
+
+
+def _how_to_load(report: dict[str, Any]) -> str:
+    if _needs_our_loader(report):
+        return ("Load it with `compressors.load(path)`: it holds layers or corrections that "
+                "plain transformers does not know.")
+    return ("Loads with `AutoModelForCausalLM.from_pretrained(path)` (`AutoModel` for encoders) "
+            "or `compressors.load(path)`.")
 
 
 def write_outputs(folder: Path, report: dict[str, Any]) -> None:
