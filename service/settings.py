@@ -24,7 +24,7 @@ def _env(name: str, default, description: str, **kwargs):
 
 
 class Settings(BaseSettings):
-    """Everything configurable; see docs/service.md for the table."""
+    """Everything configurable; see the settings table in README.md."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 

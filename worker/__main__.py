@@ -1,7 +1,7 @@
 """`python -m worker`: start one RQ worker for the compression queue.
 
 The GPU is chosen the usual way, with CUDA_VISIBLE_DEVICES; without one, jobs run on the CPU.
-Settings (REDIS_URL, DATA_DIR, timeouts) come from the environment, see docs/service.md.
+Settings (REDIS_URL, DATA_DIR, timeouts) come from the environment, see README.md "The job service".
 """
 
 from __future__ import annotations
