@@ -51,7 +51,8 @@ def run_one(args: argparse.Namespace, model_name: str, keep: float) -> dict:
     from compressors.calibration import CalibrationConfig, EvaluationConfig
     from compressors.context import StepContext
     from compressors.evaluate import peak_rss_bytes
-    from compressors.lowrank import LowRankConfig, run_lowrank
+    from compressors.lowrank import LowRankConfig
+    from compressors.lowrank.step import run_lowrank
     from compressors.model_io import load_model, save_checkpoint, size_on_disk
 
     loaded = load_model(model_name)

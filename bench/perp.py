@@ -74,8 +74,8 @@ def run_mode(job: dict) -> dict:
     """In a subprocess: load the pruned checkpoint, retrain, check masks, measure."""
     from compressors.evaluate import peak_rss_bytes
     from compressors.model_io import load_model
-    from compressors.retraining import PerpConfig, run_perp
-    from compressors.retraining.perp import current_masks
+    from compressors.retraining import PerpConfig
+    from compressors.retraining.perp import current_masks, run_perp
 
     loaded = load_model(job["pruned"])
     context = _context(Path(job["dense"]), loaded.tokenizer, job["settings"])

@@ -77,7 +77,8 @@ def measure(name: str, model, windows, seconds: float | None, section: dict | No
 
 
 def quantize(model, context, **options) -> tuple[Any, float, dict]:
-    from compressors.quantization import QuantizeConfig, run_quantize
+    from compressors.quantization import QuantizeConfig
+    from compressors.quantization.quantize import run_quantize
 
     config = QuantizeConfig(**options)
     result = run_quantize(model, config, context)

@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/service.py                  # 50 clients x 10 submissions, 10 + 20 jobs
     .venv/bin/python bench/service.py --clients 50 --per-client 10 --jobs 20 --write
+    .venv/bin/python bench/service.py --api-workers 2        # two API processes
 
 Starts the API (`python -m service`) and one worker (`python -m worker`) as real processes on
 the real Redis (REDIS_URL, default redis://127.0.0.1:6379/13) under a unique key prefix and
 queue, all of which is deleted afterwards. The tiny random Llama (saved with the real SmolLM2
 tokenizer) is the model of the trivial recipe: magnitude 50%, no perplexity.
 
-1. Submission: `--clients` concurrent HTTP clients (asyncio + httpx, keep-alive) each POST
-   `--per-client` jobs with no worker running; latency is per request, as the client sees it.
+1. Submission: `--clients` concurrent HTTP clients (one keep-alive connection each, on uvloop,
+   back to back: closed loop) each POST `--per-client` jobs with no worker running; latency is
+   per request, as the client sees it. CPU per submission is measured for the API processes
+   and for the load generator.
 2. Enqueue-to-start: one idle worker, jobs submitted one at a time; `started_at - created_at`
    from the job record (includes the fork of the job process and its imports).
 3. Throughput: `--jobs` jobs submitted at once to one worker; jobs/s from the first
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import platform
 import shutil
@@ -35,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {"steps": [{"method": "magnitude", "sparsity": 0.5}],
@@ -89,14 +96,17 @@ class Service:
         return subprocess.run([sys.executable, "-m", "service", *args], env=self.env, cwd=ROOT,
                               check=True, capture_output=True, text=True).stdout
 
-    def start_api(self) -> None:
-        self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(self.port), "--log-level", "warning"],
-            env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT))
+    def start_api(self, workers: int) -> None:
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(self.port), "--log-level", "warning",
+             "--workers", str(workers)],
+            env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.procs.append(self.api)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
                 httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1)
+                time.sleep(2)  # every uvicorn worker up
                 return
             except httpx.HTTPError:
                 time.sleep(0.2)
@@ -130,30 +140,83 @@ class Service:
             redis.delete(*set(doomed))
 
 
-async def _client(base: str, key: str, count: int, latencies: list[float]) -> None:
-    async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=60) as http:
-        for _ in range(count):
-            began = time.perf_counter()
-            response = await http.post("/api/v1/jobs", json={"model": "tiny", "recipe": RECIPE})
-            latencies.append(time.perf_counter() - began)
-            response.raise_for_status()
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client for the load generator.
+
+    The load generator shares the service's 2 cores, so it should cost as little CPU as
+    possible (like `wrk`): the request bytes are built once, and a response is read by its
+    Content-Length. About 0.1 ms of CPU per request, against ~1 ms for an httpx.AsyncClient.
+    """
+
+    def __init__(self, port: int, key: str, body: bytes) -> None:
+        self.port = port
+        self.request = (f"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {key}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                        ).encode() + body
+
+    async def __aenter__(self) -> _Connection:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.writer.close()
+
+    async def submit(self) -> int:
+        """POST one job; returns the status code."""
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return int(head.split(b" ", 2)[1])
+
+
+async def _client(connection: _Connection, count: int, latencies: list[float]) -> None:
+    for _ in range(count):
+        began = time.perf_counter()
+        code = await connection.submit()
+        latencies.append(time.perf_counter() - began)
+        if code != 202:
+            raise RuntimeError(f"submission answered {code}")
+
+
+async def _submit_all(port: int, key: str, clients: int, per_client: int,
+                      latencies: list[float]) -> float:
+    """Open every connection first (not timed), then all clients submit back to back."""
+    body = json.dumps({"model": "tiny", "recipe": RECIPE}).encode()
+    async with contextlib.AsyncExitStack() as stack:
+        connections = [await stack.enter_async_context(_Connection(port, key, body))
+                       for _ in range(clients)]
+        began = time.perf_counter()
+        await asyncio.gather(*(_client(c, per_client, latencies) for c in connections))
+        return time.perf_counter() - began
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes and their children (the API's uvicorn workers)."""
+    total = 0.0
+    for pid in pids:
+        process = psutil.Process(pid)
+        for proc in [process, *process.children(recursive=True)]:
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def bench_submission(service: Service, clients: int, per_client: int) -> dict[str, Any]:
-    base = f"http://127.0.0.1:{service.port}"
-    asyncio.run(_client(base, service.key, 5, []))  # warm-up
+    uvloop.run(_submit_all(service.port, service.key, 2, 20, []))  # warm-up
     latencies: list[float] = []
-
-    async def run_all() -> float:
-        began = time.perf_counter()
-        await asyncio.gather(*(_client(base, service.key, per_client, latencies)
-                               for _ in range(clients)))
-        return time.perf_counter() - began
-
-    wall = asyncio.run(run_all())
-    return {"n": len(latencies), "p50_ms": 1000 * statistics.median(latencies),
+    api_cpu, own_cpu = _cpu_seconds([service.api.pid]), time.process_time()
+    wall = uvloop.run(_submit_all(service.port, service.key, clients, per_client, latencies))
+    api_cpu = _cpu_seconds([service.api.pid]) - api_cpu
+    own_cpu = time.process_time() - own_cpu
+    n = len(latencies)
+    return {"n": n, "p50_ms": 1000 * statistics.median(latencies),
             "p99_ms": 1000 * _percentile(latencies, 99), "max_ms": 1000 * max(latencies),
-            "rps": len(latencies) / wall}
+            "rps": n / wall, "api_cpu_ms": 1000 * api_cpu / n, "client_cpu_ms": 1000 * own_cpu / n}
 
 
 def _drain(http: httpx.Client) -> None:
@@ -200,11 +263,14 @@ def table(sub: dict[str, Any], jobs: dict[str, Any], args: argparse.Namespace) -
         ("submission latency p99 (ms)", f"{sub['p99_ms']:.1f}"),
         ("submission latency max (ms)", f"{sub['max_ms']:.1f}"),
         ("submissions per second", f"{sub['rps']:.0f}"),
+        ("API CPU per submission (ms, all API processes)", f"{sub['api_cpu_ms']:.2f}"),
+        ("load-generator CPU per submission (ms)", f"{sub['client_cpu_ms']:.2f}"),
         ("enqueue-to-start p50 (s)", f"{jobs['start_p50_s']:.3f}"),
         ("enqueue-to-start max (s)", f"{jobs['start_max_s']:.3f}"),
         (f"trivial jobs per second ({jobs['burst']} jobs, 1 worker)", f"{jobs['jobs_per_s']:.3f}"),
     ]
-    head = (f"{args.clients} concurrent clients x {args.per_client} submissions "
+    head = (f"{args.api_workers} API process(es); "
+            f"{args.clients} concurrent clients x {args.per_client} submissions "
             f"({sub['n']} requests); {args.sequential} sequential jobs; {args.jobs} burst jobs")
     lines = [head, "", "| measure | value |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in rows]
@@ -217,6 +283,8 @@ def main() -> int:
     parser.add_argument("--per-client", type=int, default=10)
     parser.add_argument("--sequential", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--api-workers", type=int, default=1,
+                        help="API processes (`python -m service --workers N`)")
     parser.add_argument("--port", type=int, default=18655)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
                                                               "redis://127.0.0.1:6379/13"))
@@ -227,7 +295,7 @@ def main() -> int:
     _tiny_model(root / "models" / "tiny")
     service = Service(args.redis_url, root, args.port)
     try:
-        service.start_api()
+        service.start_api(args.api_workers)
         sub = bench_submission(service, args.clients, args.per_client)
         _drain(httpx.Client(base_url=f"http://127.0.0.1:{args.port}",
                             headers={"X-API-Key": service.key}, timeout=60))

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from compressors.calibration import CalibrationConfig, EvaluationConfig
+from compressors.protocol import CalibrationConfig, EvaluationConfig
 from compressors.registry import METHODS
 
 AnyStep = Annotated[

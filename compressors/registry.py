@@ -7,62 +7,76 @@ test table all read from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from compressors.context import StepContext, StepResult
-from compressors.lowrank import LowRankConfig, run_lowrank
-from compressors.pruning.magnitude import MagnitudeConfig, run_magnitude
-from compressors.pruning.sparsegpt import SparseGPTConfig, run_sparsegpt
-from compressors.pruning.wanda import WandaConfig, run_wanda
-from compressors.quantization import QuantizeConfig, run_quantize
-from compressors.retraining import PerpConfig, run_perp
+from compressors.lowrank import LowRankConfig
+from compressors.pruning.config import MagnitudeConfig, SparseGPTConfig, WandaConfig
+from compressors.quantization import QuantizeConfig
+from compressors.retraining import PerpConfig
 from compressors.step_config import StepConfig
 
-RunFn = Callable[[nn.Module, Any, StepContext], StepResult]
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from compressors.context import StepContext, StepResult
 
 
 @dataclass(frozen=True)
 class Method:
+    """A method's config class and where its step function lives.
+
+    The step is named as "module:function" and imported on the first run, so that listing
+    methods and validating recipes (the API, the CLI's `methods`) never imports torch.
+    """
+
     name: str
     config: type[StepConfig]
-    run: RunFn
+    step: str  # "module:function" of the run function
     stage: str  # the job stage shown while it runs: compressing | retraining | quantizing
     summary: str
     needs_calibration: bool = False
+
+    def run(self, model: nn.Module, config: Any, context: StepContext) -> StepResult:
+        module, function = self.step.split(":")
+        return getattr(importlib.import_module(module), function)(model, config, context)
 
 
 METHODS: dict[str, Method] = {
     method.name: method
     for method in [
         Method(
-            "magnitude", MagnitudeConfig, run_magnitude, "compressing",
+            "magnitude", MagnitudeConfig, "compressors.pruning.magnitude:run_magnitude",
+            "compressing",
             "prune the smallest |W| per matrix or per row; unstructured or N:M",
         ),
         Method(
-            "wanda", WandaConfig, run_wanda, "compressing",
+            "wanda", WandaConfig, "compressors.pruning.wanda:run_wanda",
+            "compressing",
             "prune by |W|·‖X‖₂ within each output row (Sun et al. 2023); unstructured or N:M",
             needs_calibration=True,
         ),
         Method(
-            "sparsegpt", SparseGPTConfig, run_sparsegpt, "compressing",
+            "sparsegpt", SparseGPTConfig, "compressors.pruning.sparsegpt:run_sparsegpt",
+            "compressing",
             "SparseGPT: OBS pruning with weight reconstruction from each layer's Hessian "
             "(Frantar & Alistarh 2023); unstructured or N:M",
             needs_calibration=True,
         ),
         Method(
-            "perp", PerpConfig, run_perp, "retraining",
+            "perp", PerpConfig, "compressors.retraining.perp:run_perp",
+            "retraining",
             "PERP: retrain biases, norms and mask-keeping LoRA after pruning; sparsity stays exact",
         ),
         Method(
-            "quantize", QuantizeConfig, run_quantize, "quantizing",
+            "quantize", QuantizeConfig, "compressors.quantization.quantize:run_quantize",
+            "quantizing",
             "bitsandbytes int8 (LLM.int8) / nf4 / fp4 weights, optional LoRC error correction",
         ),
         Method(
-            "lowrank", LowRankConfig, run_lowrank, "compressing",
+            "lowrank", LowRankConfig, "compressors.lowrank.step:run_lowrank",
+            "compressing",
             "PELA: truncated-SVD factorization of Linear layers, trained against the frozen "
             "original (distillation + weight-perturbation regularization)",
             needs_calibration=True,

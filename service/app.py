@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from redis.exceptions import RedisError
 
 from service.api import api_router, health, session
 from service.auth import KeyStore
@@ -26,6 +29,13 @@ STATIC_DIR = Path(__file__).parent / "static"
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     import compressors.recipe  # noqa: F401 - warm the validator before the first request
 
+    with contextlib.suppress(RedisError):  # RQ asks the server version once per queue; ask now
+        app.state.queue.get_redis_server_version()
+    # Everything alive now (imports, the app) lives as long as the process; frozen, it is
+    # skipped by the collector instead of walked on every full collection, which showed up
+    # as request stalls under load (bench/service.py).
+    gc.collect()
+    gc.freeze()
     yield
     client = getattr(app.state, "aredis", None)
     if client is not None:

@@ -20,7 +20,7 @@ from transformers.pytorch_utils import Conv1D
 
 import compressors
 from compressors.context import StepContext
-from compressors.lowrank import LowRankConfig, LowRankLinear, run_lowrank
+from compressors.lowrank import LowRankConfig
 from compressors.lowrank.factorize import (
     allocate_energy,
     allocate_uniform,
@@ -32,8 +32,8 @@ from compressors.lowrank.factorize import (
     reduces_params,
     svd_factors,
 )
-from compressors.lowrank.layers import lowrank_layers, merge_to_dense
-from compressors.lowrank.step import choose_ranks
+from compressors.lowrank.layers import LowRankLinear, lowrank_layers, merge_to_dense
+from compressors.lowrank.step import choose_ranks, run_lowrank
 from compressors.lowrank.train import pela_loss, train_pela
 from compressors.model_io import save_checkpoint, size_on_disk
 from compressors.modules import select_layers

@@ -22,9 +22,9 @@ from compressors.pruning.magnitude import MagnitudeConfig, run_magnitude
 from compressors.pruning.masks import nm_groups_valid
 from compressors.pruning.wanda import WandaConfig, run_wanda
 from compressors.recipe import parse_recipe
-from compressors.retraining import PerpConfig, lora_math, run_perp, texts
+from compressors.retraining import PerpConfig, lora_math, texts
 from compressors.retraining.adapters import merge_adapters, wrap_layers, wrap_lm_head
-from compressors.retraining.perp import current_masks
+from compressors.retraining.perp import current_masks, run_perp
 from compressors.retraining.train import lr_factor
 from tests.conftest import SMALL_BUDGETS, tiny_model
 

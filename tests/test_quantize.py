@@ -20,9 +20,10 @@ from compressors.context import StepContext
 from compressors.evaluate import parameter_counts, sparsity_report
 from compressors.model_io import save_checkpoint
 from compressors.modules import dense_weight, is_quantized, weight_matrix
-from compressors.quantization import QuantizeConfig, run_quantize
+from compressors.quantization import QuantizeConfig
 from compressors.quantization.layers import bnb_layers, corrections, memory_footprint
 from compressors.quantization.lorc import corrected, low_rank_factors, relative_error
+from compressors.quantization.quantize import run_quantize
 from compressors.recipe import parse_recipe
 from tests.conftest import SMALL_BUDGETS, tiny_model
 

@@ -3,7 +3,5 @@ factors, then training only the factors against the frozen original (feature dis
 weight-perturbation regularization, optionally the LM loss)."""
 
 from compressors.lowrank.config import LowRankConfig
-from compressors.lowrank.layers import LowRankLinear
-from compressors.lowrank.step import run_lowrank
 
-__all__ = ["LowRankConfig", "LowRankLinear", "run_lowrank"]
+__all__ = ["LowRankConfig"]  # the torch side (the step, layers) is imported from its own modules

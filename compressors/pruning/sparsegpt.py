@@ -10,16 +10,16 @@ block to produce the next block's inputs.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from compressors.context import StepContext, StepResult
 from compressors.modules import select_layers, weight_matrix
 from compressors.pruning.apply import record_masks
-from compressors.pruning.magnitude import PruningConfig, _pruning_details
+from compressors.pruning.config import SparseGPTConfig
+from compressors.pruning.magnitude import _pruning_details
 from compressors.pruning.sparsegpt_math import (
     HessianFactor,
     PruneStats,
@@ -28,36 +28,6 @@ from compressors.pruning.sparsegpt_math import (
     sparsegpt_prune,
 )
 from compressors.sequential import BlockContext, run_sequential
-
-
-class SparseGPTConfig(PruningConfig):
-    """OBS pruning from each layer's Hessian; needs calibration text, updates kept weights."""
-
-    method: Literal["sparsegpt"] = "sparsegpt"
-    blocksize: int = Field(
-        128, ge=1, le=65536,
-        description="columns per lazy-update block; the mask is chosen once per block",
-    )
-    dampening: float = Field(
-        0.01, ge=0.0, le=10.0,
-        description="fraction of the mean Hessian diagonal added to it, in [0, 10]; raised "
-        "x10 automatically (and reported) if the Cholesky factorisation fails",
-    )
-    scope: Literal["block", "row"] = Field(
-        "block",
-        description="unstructured only: compare scores across all rows of a column block "
-        "(reference; exact per-layer sparsity) or within each row (exact per-row sparsity)",
-    )
-
-    @model_validator(mode="after")
-    def _blocksize_fits_pattern(self) -> SparseGPTConfig:
-        nm = self.nm
-        if nm is not None and self.blocksize % nm[1]:
-            raise ValueError(
-                f"blocksize: {self.blocksize} must be a multiple of M={nm[1]} for "
-                f"pattern {self.pattern}"
-            )
-        return self
 
 
 class HessianAccumulator:

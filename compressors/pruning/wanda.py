@@ -7,23 +7,16 @@ layers of a block are scored on one pass over the dense block, then pruned toget
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
 from compressors.context import StepContext, StepResult
 from compressors.modules import select_layers, weight_matrix
 from compressors.pruning.apply import apply_mask, record_masks
-from compressors.pruning.magnitude import PruningConfig, _pruning_details
+from compressors.pruning.config import WandaConfig
+from compressors.pruning.magnitude import _pruning_details
 from compressors.pruning.masks import choose_mask, wanda_scores
 from compressors.sequential import BlockContext, run_sequential
-
-
-class WandaConfig(PruningConfig):
-    """Pruning by weights and activations; needs calibration text, no weight update."""
-
-    method: Literal["wanda"] = "wanda"
 
 
 class InputNormAccumulator:

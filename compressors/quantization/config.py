@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from compressors.step_config import StepConfig
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
 DEFAULT_SKIP = ["lm_head", "embed"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class QuantizeConfig(StepConfig):
@@ -69,7 +70,9 @@ class QuantizeConfig(StepConfig):
 
     @property
     def torch_compute_dtype(self) -> torch.dtype:
-        return _DTYPES[self.compute_dtype]
+        import torch  # here, not at the top: the API validates this config without torch
+
+        return getattr(torch, self.compute_dtype)
 
     @property
     def label(self) -> str:

@@ -196,6 +196,20 @@ def test_worker_parent_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_api_validates_recipes_without_torch():
+    """The API validates every method's recipe and lists schemas without importing torch:
+    torch would cost each API process seconds of start-up, hundreds of MB, and ~200 ms
+    garbage-collector pauses walking its objects under load."""
+    code = ("import sys, service.app; from compressors.recipe import parse_recipe; "
+            "from compressors.registry import METHODS, method_schemas; method_schemas(); "
+            "parse_recipe({'steps': [{'method': 'wanda', 'sparsity': 0.5}, "
+            "{'method': 'perp', 'steps': 2}, {'method': 'quantize', 'bits': 4}]}); "
+            "parse_recipe({'steps': [{'method': 'lowrank', 'ratio': 2}]}); "
+            "assert len(METHODS) == 6; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_all_jobs_stream_shows_only_the_keys_jobs(client, keys, tiny_model):
     import json
     import threading
