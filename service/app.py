@@ -8,10 +8,8 @@ import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 
 from service.api import api_router, health, session
@@ -22,7 +20,6 @@ from service.queue import get_queue
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-STATIC_DIR = Path(__file__).parent / "static"
 
 
 @asynccontextmanager
@@ -52,9 +49,7 @@ def _include_dashboard(app: FastAPI) -> None:
         return
     router = getattr(dashboard, "router", None)
     if router is not None:
-        app.include_router(router)
-    if STATIC_DIR.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+        app.include_router(router)  # serves its own /static/{name}, confined to one folder
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -21,6 +21,7 @@ from redis import Redis
 from service.jobs import utcnow
 
 COOKIE_NAME = "compressors_key"
+COOKIE_MAX_AGE = 7 * 86400  # a browser signs in again weekly; revoking the key ends it at once
 KEY_PREFIX = "ck_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -49,6 +50,17 @@ def key_from_headers(headers: Any, cookies: Any) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return cookies.get(COOKIE_NAME) or None
+
+
+def set_key_cookie(response: Any, key: str, secure: bool) -> None:
+    """The one sign-in cookie (dashboard form and POST /api/v1/session): HttpOnly, so page
+    scripts cannot read it; SameSite=Strict, so other sites cannot make a browser send it."""
+    response.set_cookie(COOKIE_NAME, key, max_age=COOKIE_MAX_AGE, path="/", httponly=True,
+                        samesite="strict", secure=secure)
+
+
+def clear_key_cookie(response: Any) -> None:
+    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
 
 
 class KeyStore:

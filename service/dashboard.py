@@ -18,13 +18,12 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from service.auth import COOKIE_NAME, KeyStore, Principal
+from service.auth import COOKIE_NAME, KeyStore, Principal, clear_key_cookie, set_key_cookie
 from service.jobs import STATES
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
 TEMPLATES_DIR = HERE / "templates"
-COOKIE_MAX_AGE = 7 * 24 * 3600
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; "
@@ -143,10 +142,7 @@ def signin(
                      signed_in=False, next=_safe_next(next), notice=None,
                      error="That API key is not valid. Check it and try again.")
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(
-        COOKIE_NAME, key, max_age=COOKIE_MAX_AGE, path="/", httponly=True, samesite="strict",
-        secure=bool(getattr(_settings(request), "cookie_secure", False)),
-    )
+    set_key_cookie(response, key, bool(getattr(_settings(request), "cookie_secure", False)))
     return response
 
 
@@ -154,7 +150,7 @@ def signin(
 def signout(request: Request) -> Response:
     """Forget the key in this browser."""
     response = RedirectResponse("/signin", status_code=303)
-    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
+    clear_key_cookie(response)
     return response
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.auth import COOKIE_NAME
+from service.auth import clear_key_cookie, set_key_cookie
 
 router = APIRouter(prefix="/api/v1", tags=["session"])
 
@@ -27,13 +27,12 @@ def sign_in(body: SignIn, request: Request, response: Response) -> dict[str, Any
     principal = request.app.state.keys.verify(body.key)
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
-    response.set_cookie(COOKIE_NAME, body.key, httponly=True, samesite="strict",
-                        secure=request.app.state.settings.cookie_secure, max_age=30 * 86400)
+    set_key_cookie(response, body.key, request.app.state.settings.cookie_secure)
     return {"name": principal.name, "admin": principal.admin}
 
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
 def sign_out() -> Response:
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
-    response.delete_cookie(COOKIE_NAME)
+    clear_key_cookie(response)
     return response
