@@ -81,6 +81,35 @@ def test_merge_keeps_the_mask_exactly(mode):
     assert torch.allclose(merged, expected)
 
 
+@pytest.mark.parametrize("mode", ["masklora", "scalelora", "lora"])
+def test_adapted_linear_gradients_match_autograd(mode):
+    """The memory-saving backward gives what autograd through `adapted_weight` gives."""
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.rand(12, 10, generator=generator) > 0.5
+    weight = torch.randn(12, 10, generator=generator, dtype=torch.float64) * mask
+    a, b = lora_math.init_factors(12, 10, 3, mode, generator, dtype=torch.float64)
+    b = b + 0.3 * torch.randn(b.shape, generator=generator, dtype=torch.float64)
+    inputs = torch.randn(2, 5, 10, generator=generator, dtype=torch.float64)
+
+    def run(custom: bool) -> list[torch.Tensor]:
+        leaves = [t.clone().requires_grad_() for t in (inputs, weight, a, b)]
+        x, w, fa, fb = leaves
+        if custom:
+            out = lora_math.adapted_linear(x, w, fa, fb, mode, 2.0, mask)
+        else:
+            adapted = lora_math.adapted_weight(w, fa, fb, mode, 2.0, mask)
+            out = torch.nn.functional.linear(x, adapted)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        return [out.detach()] + [leaf.grad for leaf in leaves]
+
+    for ours, reference in zip(run(True), run(False), strict=True):
+        assert torch.allclose(ours, reference)
+    assert torch.autograd.gradcheck(
+        lambda *t: lora_math.adapted_linear(*t, mode, 2.0, mask),
+        tuple(t.clone().requires_grad_() for t in (inputs, weight, a, b)),
+    )
+
+
 def test_a_kept_weight_landing_on_zero_stays_nonzero():
     weight = torch.tensor([[1.0, 0.0]])
     mask = torch.tensor([[True, False]])

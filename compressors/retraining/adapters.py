@@ -9,7 +9,6 @@ the plain architecture that transformers loads without any adapter library.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -18,7 +17,7 @@ from compressors.retraining import lora_math
 
 
 class AdaptedLayer(nn.Module):
-    """A Linear or GPT-2 Conv1D layer computing with `lora_math.adapted_weight`.
+    """A Linear or GPT-2 Conv1D layer computing with `lora_math.adapted_linear`.
 
     The base weight is frozen; its bias stays a parameter of the base layer (biases train in
     every PERP mode). Conv1D keeps its weight as `[in, out]`; the wrapper works on the `[out, in]`
@@ -46,13 +45,10 @@ class AdaptedLayer(nn.Module):
         weight = self.base.weight
         return weight.t() if self.transposed else weight
 
-    def effective_weight(self) -> torch.Tensor:
-        return lora_math.adapted_weight(
-            self.base_weight(), self.lora_a, self.lora_b, self.mode, self.scale, self.mask
-        )
-
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return F.linear(inputs, self.effective_weight(), self.base.bias)
+        out = lora_math.adapted_linear(inputs, self.base_weight(), self.lora_a, self.lora_b,
+                                       self.mode, self.scale, self.mask)
+        return out if self.base.bias is None else out + self.base.bias
 
     @torch.no_grad()
     def merge(self) -> nn.Module:
