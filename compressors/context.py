@@ -58,3 +58,6 @@ class StepResult:
     details: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, Any] = field(default_factory=dict)
     model: nn.Module | None = None
+    # The evaluation-window perplexity of the model exactly as returned, if the step measured
+    # it; when the step is the last one the pipeline reports it instead of measuring again.
+    perplexity: float | None = None

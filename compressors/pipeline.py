@@ -39,12 +39,17 @@ def default_device() -> torch.device:
 
 
 def measure(
-    model: nn.Module, context: StepContext, causal: bool, progress
+    model: nn.Module, context: StepContext, causal: bool, progress,
+    known_perplexity: float | None = None,
 ) -> dict[str, Any]:
-    """Perplexity (causal LMs, when evaluation windows > 0), counts, latency."""
+    """Perplexity (causal LMs, when evaluation windows > 0), counts, latency.
+
+    `known_perplexity`: the last step already measured this very model on the same windows.
+    """
     metrics: dict[str, Any] = {}
     if causal and context.evaluation.windows > 0:
-        metrics["perplexity"] = perplexity(model, context.evaluation_windows, progress)
+        metrics["perplexity"] = known_perplexity if known_perplexity is not None else (
+            perplexity(model, context.evaluation_windows, progress))
     else:
         metrics["perplexity"] = None
     metrics["parameters"], metrics["nonzero_parameters"] = parameter_counts(model)
@@ -90,9 +95,9 @@ def compress(
     before["size_bytes"] = (
         size_on_disk(loaded.source) if loaded.source.is_dir() else _dense_bytes(loaded.model)
     )
-    steps, sections, model_now = _run_steps(loaded, recipe, context, tracker)
+    steps, sections, model_now, last_perplexity = _run_steps(loaded, recipe, context, tracker)
     after = measure(model_now, context, loaded.is_causal_lm,
-                    tracker.span("evaluating", _STEPS, _AFTER))
+                    tracker.span("evaluating", _STEPS, _AFTER), last_perplexity)
     saving = tracker.span("saving", _AFTER, 1.0)
     with staging_folder(out, overwrite) as staging:
         saving(0.1, "writing checkpoint")
@@ -109,7 +114,8 @@ def compress(
 
 def _run_steps(
     loaded: LoadedModel, recipe: Recipe, context: StepContext, tracker: ProgressTracker
-) -> tuple[list[dict[str, Any]], dict[str, Any], nn.Module]:
+) -> tuple[list[dict[str, Any]], dict[str, Any], nn.Module, float | None]:
+    """Run every step; also returns the perplexity the last step measured, if it did."""
     model = loaded.model
     steps: list[dict[str, Any]] = []
     sections: dict[str, Any] = {}
@@ -130,7 +136,7 @@ def _run_steps(
                  "config": step.model_dump(mode="json"), **result.details}
         steps.append(entry)
         sections.update(result.sections)
-    return steps, sections, model
+    return steps, sections, model, result.perplexity
 
 
 def _build_report(

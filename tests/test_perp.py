@@ -277,13 +277,23 @@ def test_reconstruct_fits_each_block_and_keeps_nm(tiny_llama_folder):
 
 # ---- contract through the pipeline, and the real model ----------------------------------------
 
-def test_report_section_through_the_pipeline(tiny_gpt2_folder, tmp_path):
+def test_report_section_through_the_pipeline(tiny_gpt2_folder, tmp_path, monkeypatch):
+    from compressors import pipeline
+
     recipe = parse_recipe({
         "steps": [{"method": "magnitude", "sparsity": 0.5},
                   {"method": "perp", "mode": "lora", "steps": 2, "seqlen": 32, "rank": 2}],
         **SMALL_BUDGETS,
     })
+    pipeline_measurements = []
+    measure = pipeline.perplexity
+    monkeypatch.setattr(pipeline, "perplexity",
+                        lambda *a, **k: pipeline_measurements.append(1) or measure(*a, **k))
     report = compressors.compress(tiny_gpt2_folder, recipe, tmp_path / "out", device="cpu")
+    # PERP measured the final model already: the pipeline measures only the dense one.
+    assert len(pipeline_measurements) == 1
+    assert report["metrics"]["after"]["perplexity"] == (
+        report["retraining"]["perplexity"]["evaluation"]["retrained"])
     section = json.loads((tmp_path / "out" / "compression_report.json").read_text())["retraining"]
     assert section == json.loads(json.dumps(report["retraining"]))
     assert set(section["perplexity"]) == {"evaluation", "second_text"}

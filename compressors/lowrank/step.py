@@ -191,4 +191,7 @@ def run_lowrank(model: nn.Module, config: LowRankConfig, context: StepContext) -
         "params_targeted_after": targeted_after,
         **{k: v for k, v in quality.items()},
     }
-    return StepResult(details=details, sections={"lowrank": section})
+    # Merging to dense changes the float sums: the pipeline then measures the merged model.
+    final = None if config.export_dense else quality.get(
+        "perplexity_trained", quality.get("perplexity_svd"))
+    return StepResult(details=details, sections={"lowrank": section}, perplexity=final)

@@ -132,7 +132,8 @@ def run_perp(model: nn.Module, config: PerpConfig, context: StepContext) -> Step
                        before, after)
     details = {k: section[k] for k in ("mode", "objective", "trainable_parameters",
                                        "trainable_percent", "steps", "tokens", "masks_preserved")}
-    return StepResult(details=details, sections={"retraining": section})
+    return StepResult(details=details, sections={"retraining": section},
+                      perplexity=after.get("evaluation"))
 
 
 def _reconstruct_trainable(model: nn.Module, masks: dict[str, torch.Tensor]) -> list:
