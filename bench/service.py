@@ -1,8 +1,7 @@
 """Job-service benchmark: submission latency, enqueue-to-start latency, trivial-job throughput.
 
-    .venv/bin/python bench/service.py                  # 50 clients x 10 submissions, 10 + 20 jobs
-    .venv/bin/python bench/service.py --clients 50 --per-client 10 --jobs 20 --write
-    .venv/bin/python bench/service.py --api-workers 2        # two API processes
+    .venv/bin/python bench/service.py                  # 50 clients x 40 submissions, 3 runs
+    .venv/bin/python bench/service.py --api-workers 2 --out bench/results/service-2api.md
 
 Starts the API (`python -m service`) and one worker (`python -m worker`) as real processes on
 the real Redis (REDIS_URL, default redis://127.0.0.1:6379/13) under a unique key prefix and
@@ -10,9 +9,9 @@ queue, all of which is deleted afterwards. The tiny random Llama (saved with the
 tokenizer) is the model of the trivial recipe: magnitude 50%, no perplexity.
 
 1. Submission: `--clients` concurrent HTTP clients (one keep-alive connection each, on uvloop,
-   back to back: closed loop) each POST `--per-client` jobs with no worker running; latency is
-   per request, as the client sees it. CPU per submission is measured for the API processes
-   and for the load generator.
+   back to back: closed loop) each POST `--per-client` jobs with no worker running, after two
+   untimed submissions per connection; latency is per request, as the client sees it. CPU per
+   submission is measured for the API processes and for the load generator.
 2. Enqueue-to-start: one idle worker, jobs submitted one at a time; `started_at - created_at`
    from the job record (includes the fork of the job process and its imports).
 3. Throughput: `--jobs` jobs submitted at once to one worker; jobs/s from the first
@@ -184,12 +183,14 @@ async def _client(connection: _Connection, count: int, latencies: list[float]) -
 
 
 async def _submit_all(port: int, key: str, clients: int, per_client: int,
-                      latencies: list[float]) -> float:
-    """Open every connection first (not timed), then all clients submit back to back."""
+                      latencies: list[float], warmup: int = 2) -> float:
+    """Open every connection and let each submit `warmup` jobs (not timed), then all clients
+    submit back to back; returns the timed wall seconds."""
     body = json.dumps({"model": "tiny", "recipe": RECIPE}).encode()
     async with contextlib.AsyncExitStack() as stack:
         connections = [await stack.enter_async_context(_Connection(port, key, body))
                        for _ in range(clients)]
+        await asyncio.gather(*(_client(c, warmup, []) for c in connections))
         began = time.perf_counter()
         await asyncio.gather(*(_client(c, per_client, latencies) for c in connections))
         return time.perf_counter() - began
@@ -257,38 +258,49 @@ def bench_jobs(service: Service, sequential: int, burst: int) -> dict[str, Any]:
             "burst": burst, "burst_s": span, "jobs_per_s": burst / span}
 
 
-def table(sub: dict[str, Any], jobs: dict[str, Any], args: argparse.Namespace) -> str:
-    rows = [
-        ("submission latency p50 (ms)", f"{sub['p50_ms']:.1f}"),
-        ("submission latency p99 (ms)", f"{sub['p99_ms']:.1f}"),
-        ("submission latency max (ms)", f"{sub['max_ms']:.1f}"),
-        ("submissions per second", f"{sub['rps']:.0f}"),
-        ("API CPU per submission (ms, all API processes)", f"{sub['api_cpu_ms']:.2f}"),
-        ("load-generator CPU per submission (ms)", f"{sub['client_cpu_ms']:.2f}"),
-        ("enqueue-to-start p50 (s)", f"{jobs['start_p50_s']:.3f}"),
-        ("enqueue-to-start max (s)", f"{jobs['start_max_s']:.3f}"),
-        (f"trivial jobs per second ({jobs['burst']} jobs, 1 worker)", f"{jobs['jobs_per_s']:.3f}"),
+def table(runs: list[dict[str, Any]], jobs: dict[str, Any], args: argparse.Namespace) -> str:
+    """One row per submission run plus their median, then the job-latency measures."""
+    keys = ("p50_ms", "p99_ms", "max_ms", "rps", "api_cpu_ms", "client_cpu_ms")
+    median = {k: statistics.median(run[k] for run in runs) for k in keys}
+
+    def row(label: str, r: dict[str, Any]) -> str:
+        return (f"| {label} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
+                f"{r['rps']:.0f} | {r['api_cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} |")
+
+    lines = [
+        f"{args.api_workers} API process(es); {args.clients} concurrent clients x "
+        f"{args.per_client} submissions ({runs[0]['n']} requests) per run, {len(runs)} runs",
+        "",
+        "| run | p50 ms | p99 ms | max ms | submissions/s | API CPU ms/submission | "
+        "load-generator CPU ms/submission |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *[row(str(i + 1), run) for i, run in enumerate(runs)],
+        row("median", median),
+        "",
+        "| job latency | value |",
+        "| --- | --- |",
+        f"| enqueue-to-start p50 ({args.sequential} sequential jobs, idle worker) | "
+        f"{jobs['start_p50_s']:.3f} s |",
+        f"| enqueue-to-start max | {jobs['start_max_s']:.3f} s |",
+        f"| trivial jobs per second ({jobs['burst']} jobs at once, 1 worker) | "
+        f"{jobs['jobs_per_s']:.3f} |",
     ]
-    head = (f"{args.api_workers} API process(es); "
-            f"{args.clients} concurrent clients x {args.per_client} submissions "
-            f"({sub['n']} requests); {args.sequential} sequential jobs; {args.jobs} burst jobs")
-    lines = [head, "", "| measure | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--per-client", type=int, default=10)
-    parser.add_argument("--sequential", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--per-client", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=3, help="submission runs (median shown)")
+    parser.add_argument("--sequential", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--api-workers", type=int, default=1,
                         help="API processes (`python -m service --workers N`)")
     parser.add_argument("--port", type=int, default=18655)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
                                                               "redis://127.0.0.1:6379/13"))
-    parser.add_argument("--write", action="store_true", help="save to bench/results/service.md")
+    parser.add_argument("--out", type=Path, help="also write the table, with the command, here")
     args = parser.parse_args()
     load = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="bench-service-"))
@@ -296,26 +308,27 @@ def main() -> int:
     service = Service(args.redis_url, root, args.port)
     try:
         service.start_api(args.api_workers)
-        sub = bench_submission(service, args.clients, args.per_client)
-        _drain(httpx.Client(base_url=f"http://127.0.0.1:{args.port}",
-                            headers={"X-API-Key": service.key}, timeout=60))
+        http = httpx.Client(base_url=f"http://127.0.0.1:{args.port}",
+                            headers={"X-API-Key": service.key}, timeout=60)
+        runs = []
+        for _ in range(args.repeat):
+            runs.append(bench_submission(service, args.clients, args.per_client))
+            _drain(http)
         service.start_worker()
         jobs = bench_jobs(service, args.sequential, args.jobs)
     finally:
         service.close()
         shutil.rmtree(root, ignore_errors=True)
-    text = table(sub, jobs, args)
+    text = table(runs, jobs, args)
     print(text)
-    if args.write:
+    if args.out:
         machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
                    f"{platform.python_version()}, {platform.system()} {platform.release()}")
-        out = ROOT / "bench" / "results" / "service.md"
-        out.write_text(
+        args.out.write_text(
             f"# Job service benchmark\n\n`.venv/bin/python bench/service.py "
             f"{' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-            f"\n\nMachine: {machine}; load average {load[0]:.1f} when it started: other "
-            "engineers' jobs and tests were sharing these cores during the run, and the "
-            "load generator runs on the same cores as the API.\n\n" + text + "\n",
+            f"\n\nMachine: {machine}; load average {load[0]:.1f} when it started; the load "
+            "generator runs on the same cores as the API.\n\n" + text + "\n",
             encoding="utf-8")
     return 0
 

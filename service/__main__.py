@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     parser.add_argument("--workers", type=int, default=1,
-                        help="API processes (uvicorn workers; jobs run in `python -m worker`)")
+                        help="API processes, each on its own SO_REUSEPORT socket (jobs run in "
+                        "`python -m worker`)")
     commands = parser.add_subparsers(dest="command")
     keys = commands.add_parser("keys", help="manage API keys (stored hashed in Redis)")
     actions = keys.add_subparsers(dest="action", required=True)
@@ -90,11 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keys":
         return _keys(args)
-    import uvicorn
+    from service.server import serve
 
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
-                log_level=args.log_level, workers=args.workers)
-    return 0
+    return serve(args.host, args.port, args.workers, args.log_level)
 
 
 if __name__ == "__main__":

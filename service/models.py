@@ -69,12 +69,11 @@ def resolve(settings: Settings, owner: str, spec: str) -> str:
     """What the worker should load for `spec`: a bundled name or an absolute local path."""
     if spec in bundled_names():
         return spec
-    own = _uploads(settings, owner)
-    if spec in own:
-        return str(own[spec].resolve())
-    server = _server_models(settings)
-    if spec in server:
-        return str(server[spec].resolve())
+    if NAME.match(spec):  # look the name up directly: no folder listing per submission
+        roots = [owner_uploads(settings, owner), settings.models_dir]
+        for root in filter(None, roots):
+            if _is_model(root / spec):
+                return str((root / spec).resolve())
     path = Path(spec)
     if path.is_absolute():
         real = path.resolve()

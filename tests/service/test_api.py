@@ -3,6 +3,7 @@ listing, methods, health, and that rejected submissions leave nothing behind."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -242,3 +243,62 @@ def test_all_jobs_stream_shows_only_the_keys_jobs(client, keys, tiny_model):
     assert all(r["id"] != others for r in seen)
     for key, job_id in ((keys["alice"], others), (keys["bob"], mine)):
         client.delete(f"/api/v1/jobs/{job_id}", headers=auth(key))
+
+
+def _start_api_processes(service_env: dict[str, str], count: int):
+    """`python -m service --workers count` on a free port, once every process listens."""
+    import socket
+    import time
+
+    import psutil
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--workers",
+                             str(count), "--log-level", "warning"],
+                            env={**os.environ, **service_env})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        children = [c for c in psutil.Process(proc.pid).children()
+                    if any(conn.laddr.port == port for conn in c.net_connections("tcp")
+                           if conn.status == psutil.CONN_LISTEN)]
+        if len(children) == count:
+            return proc, port, children
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"{count} listening API processes expected")
+
+
+def test_several_api_processes_serve_on_one_port_and_stop_cleanly(service_env):
+    """`--workers 2`: two processes on their own SO_REUSEPORT sockets; SIGTERM stops both."""
+    import signal
+
+    import httpx
+    import psutil
+
+    proc, port, children = _start_api_processes(service_env, 2)
+    try:
+        for _ in range(20):
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json() == {
+                "status": "ok"}
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/jobs", timeout=5).status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+        assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+                       for child in children)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_dead_api_process_stops_the_rest(service_env):
+    """No half-running API: the supervisor exits 1 so the process manager restarts it whole."""
+    proc, _port, children = _start_api_processes(service_env, 2)
+    try:
+        children[0].kill()
+        assert proc.wait(timeout=40) == 1
+        children[1].wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
