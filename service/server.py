@@ -50,8 +50,8 @@ def _supervise(host: str, port: int, processes: int, log_level: str) -> int:
     """Start the children; stop them all on SIGINT/SIGTERM or when any one exits.
 
     A child that dies takes the others down with it (exit status 1) instead of being restarted
-    here: the process manager (Compose `restart:`, systemd, scripts/serve) restarts the whole
-    API, which keeps this supervisor small.
+    here: the process manager restarts the whole API (Compose `restart:`, systemd), or, under
+    scripts/serve, everything stops and says so. That keeps this supervisor small.
     """
     context = multiprocessing.get_context("spawn")
     children = [context.Process(target=_serve_one, args=(host, port, log_level), daemon=False)

@@ -86,8 +86,7 @@ class _AdaptedLinear(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(inputs, weight, a, b, mask)
         ctx.mode, ctx.scale = mode, scale
-        with torch.no_grad():
-            effective = adapted_weight(weight, a, b, mode, scale, mask)
+        effective = adapted_weight(weight, a, b, mode, scale, mask)  # forward runs without grad
         return F.linear(inputs, effective.to(inputs.dtype))
 
     @staticmethod
