@@ -1,13 +1,24 @@
-"""PELA low-rank factorization on SmolLM2-135M (per the DESIGN.md protocol) and on MiniLM.
+"""Low-rank factorization of SmolLM2-135M (and MiniLM): plain SVD vs whitened SVD, uniform vs
+loss allocation, the least-squares refit, then PELA training (protocol: DESIGN.md).
 
-For each parameter reduction of the factorized layers (1/3 and 1/2 fewer), one process
-loads the model, factorizes every Linear in the blocks by truncated SVD, measures perplexity
-(SVD only), trains the factors with PELA for `--steps` steps, measures again, saves the
-factorized checkpoint, reloads it with `compressors.load` and checks the logits are identical.
-Each configuration runs in its own process so peak RSS is its own.
+Rows, for each kept fraction of the factorized layers' parameters (80% / 66.7% / 50%):
 
-    .venv/bin/python bench/lowrank.py                       # protocol: 32x512 calib, 40x512 eval
-    .venv/bin/python bench/lowrank.py --steps 40 --seqlen 256 --eval-windows 40
+- `svd`: plain truncated SVD of the weights, uniform ranks (the old init)
+- `white-uniform`: activation-whitened SVD, block by block, uniform ranks, no refit
+- `white-loss`: whitened, ranks allocated by the truncation loss, no refit
+- `refit`: + the least-squares refit of `up` (the step's default without training)
+- `pela`: + PELA training for `--steps` steps
+
+Each row runs in its own process (its peak RSS is its own), one at a time (the machine is
+shared). Perplexity on the evaluation text (SOTU 2000-) and the second text (pydoc:topics),
+the first `--eval-windows` windows of 512 tokens each; parameters; size on disk of the saved
+checkpoint; seconds; peak RSS; with `--latency` the CPU forward latency of the factorized and
+the dense model at batch 1 and 8 x 512 tokens, measured interleaved in one process
+(`bench/latency.py`).
+
+    .venv/bin/python bench/lowrank.py --rows refit --keeps 0.8 0.667       # the no-training bars
+    .venv/bin/python bench/lowrank.py --rows pela --keeps 0.8 --steps 300
+    .venv/bin/python bench/lowrank.py --only minilm
 """
 
 from __future__ import annotations
@@ -23,37 +34,74 @@ from pathlib import Path
 
 import torch
 
-KEEPS = {"1/3 fewer": 0.667, "1/2 fewer": 0.5}
+# this checkout's packages, not an installed copy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROWS = {
+    "svd": {"init": "svd", "allocation": "uniform", "train": False},
+    "white-uniform": {"init": "whitened", "allocation": "uniform", "refit": False,
+                      "train": False},
+    "white-loss": {"init": "whitened", "allocation": "loss", "refit": False, "train": False},
+    "refit": {"init": "whitened", "allocation": "loss", "refit": True, "train": False},
+    "pela": {"init": "whitened", "allocation": "loss", "refit": True, "train": True},
+}
+SECOND_TEXT = "pydoc:topics"
 
 
-def _threads(count: int) -> None:
-    torch.set_num_threads(count)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def _log(message: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def _ppl_pair(model, tokenizer, windows: int, second_windows: int) -> tuple[float, float]:
+    from compressors.engine.windows import evaluation_windows, text_sequential_windows
+    from compressors.evaluate import perplexity
+    from compressors.recipe.protocol import EvaluationConfig
+
+    first = evaluation_windows(tokenizer, EvaluationConfig(windows=windows))
+    ppl = perplexity(model, first)
+    if not second_windows:
+        return ppl, float("nan")
+    second = text_sequential_windows(tokenizer, SECOND_TEXT, second_windows, 512)
+    return ppl, perplexity(model, second)
 
 
 def run_dense(args: argparse.Namespace) -> dict:
-    from compressors.calibration import EvaluationConfig, evaluation_windows
-    from compressors.evaluate import peak_rss_bytes, perplexity
-    from compressors.model_io import load_model, size_on_disk
+    from compressors.io.loading import load_model, size_on_disk
+    from compressors.peak_memory import peak_rss_bytes
 
     loaded = load_model("smollm2-135m")
-    windows = evaluation_windows(loaded.tokenizer, EvaluationConfig(windows=args.eval_windows))
     began = time.perf_counter()
-    ppl = perplexity(loaded.model, windows)
-    return {"perplexity": ppl, "size_bytes": size_on_disk(loaded.source),
+    ppl, second = _ppl_pair(loaded.model, loaded.tokenizer, args.eval_windows,
+                                args.second_windows)
+    return {"perplexity": ppl, "perplexity_second": second,
+            "size_bytes": size_on_disk(loaded.source),
             "parameters": sum(p.numel() for p in loaded.model.parameters()),
             "seconds": time.perf_counter() - began, "peak_rss_bytes": peak_rss_bytes()}
 
 
-def run_one(args: argparse.Namespace, model_name: str, keep: float) -> dict:
-    """Factorize + train one configuration; everything the tables need, as JSON."""
+def _config(args: argparse.Namespace, row: dict, keep: float, encoder: bool):
+    from compressors.methods.lowrank.config import LowRankConfig
+
+    steps = (args.encoder_steps if encoder else args.steps) if row["train"] else 0
+    extra = {"refit": row["refit"]} if "refit" in row else {}
+    return LowRankConfig(
+        target_params=keep, init=row["init"], allocation=row["allocation"], **extra,
+        max_layer_keep=args.max_layer_keep, train_steps=steps, lr=args.lr,
+        batch_size=args.batch_size, seqlen=args.encoder_seqlen if encoder else args.seqlen,
+        lm_weight=0.0 if encoder else args.lm_weight, distill_alpha=args.alpha,
+        perturbation_lambda=args.lam, warmup=min(steps, args.warmup), evaluate=encoder,
+        cosine_sentences=64,
+    )
+
+
+def run_one(args: argparse.Namespace, model_name: str, row_name: str, keep: float) -> dict:
+    """One row: factorize (+ train), measure, save, reload; everything as JSON."""
     import compressors
-    from compressors.calibration import CalibrationConfig, EvaluationConfig
-    from compressors.context import StepContext
-    from compressors.evaluate import peak_rss_bytes
-    from compressors.lowrank import LowRankConfig
-    from compressors.lowrank.step import run_lowrank
-    from compressors.model_io import load_model, save_checkpoint, size_on_disk
+    from compressors.engine.context import StepContext
+    from compressors.io.loading import load_model, save_checkpoint, size_on_disk
+    from compressors.methods.lowrank.step import run as run_lowrank
+    from compressors.peak_memory import peak_rss_bytes
+    from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
 
     loaded = load_model(model_name)
     encoder = not loaded.is_causal_lm
@@ -61,49 +109,65 @@ def run_one(args: argparse.Namespace, model_name: str, keep: float) -> dict:
         model_source=loaded.source, tokenizer=loaded.tokenizer,
         calibration=CalibrationConfig(samples=args.calib_samples, seqlen=args.calib_seqlen),
         evaluation=EvaluationConfig(windows=args.eval_windows),
-        progress=lambda f, m: print(f"  {time.strftime('%H:%M:%S')} [{f:5.1%}] {m}",
-                                    file=sys.stderr, flush=True)
+        progress=lambda f, m: _log(f"[{f:5.1%}] {m}")
         if not m.startswith("step") or m.split()[1].split("/")[0] in args.log_steps else None,
     )
-    steps = args.encoder_steps if encoder else args.steps
-    config = LowRankConfig(
-        target_params=keep, steps=steps, lr=args.lr, batch_size=args.batch_size,
-        seqlen=args.encoder_seqlen if encoder else args.seqlen,
-        lm_weight=0.0 if encoder else args.lm_weight, distill_alpha=args.alpha,
-        perturbation_lambda=args.lam, warmup=min(steps, args.warmup),
-    )
+    config = _config(args, ROWS[row_name], keep, encoder)
     began = time.perf_counter()
-    result = run_lowrank(loaded.model, config, context)
+    section = run_lowrank(loaded.model, config, context).section
     seconds = time.perf_counter() - began
-    section = result.sections["lowrank"]
+    result = {"row": row_name, "keep": keep, "seconds": seconds,
+              "seconds_train": (section["train"] or {}).get("seconds", 0.0)}
+    if not encoder:
+        _log("perplexity on both texts")
+        result["perplexity"], result["perplexity_second"] = _ppl_pair(
+            loaded.model, loaded.tokenizer, args.eval_windows, args.second_windows)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         save_checkpoint(loaded.model, loaded.tokenizer, out)
-        size = size_on_disk(out)
+        result["size_bytes"] = size_on_disk(out)
         reloaded = compressors.load(out)
         ids = torch.randint(0, 1000, (1, 64), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             key = "last_hidden_state" if encoder else "logits"
-            same = torch.equal(getattr(loaded.model(input_ids=ids), key),
-                               getattr(reloaded(input_ids=ids), key))
-    dense_size = size_on_disk(loaded.source)
-    section.pop("ranks")
-    section.pop("train", None)
-    return {"keep": keep, "steps": steps, "seconds": seconds, "size_bytes": size,
-            "dense_size_bytes": dense_size, "reload_identical": same,
-            "peak_rss_bytes": peak_rss_bytes(), **section}
+            result["reload_identical"] = torch.equal(getattr(loaded.model(input_ids=ids), key),
+                                                     getattr(reloaded(input_ids=ids), key))
+        if args.latency and not encoder:
+            _log("latency, interleaved with the dense model")
+            result["latency"] = _latency(args, loaded.source, reloaded)
+    result["dense_size_bytes"] = size_on_disk(loaded.source)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    keys = ("kept_fraction_targeted", "params_model_after", "params_targeted_before",
+            "params_model_before", "targeted_share_of_model", "layers_factorized",
+            "layers_targeted", "ranks", "predicted_error_mean", "measured_error_mean",
+            "error_vs_original_mean", "error_after_refit_mean", "refit_kept",
+            "embedding_cosine_svd", "embedding_cosine_trained", "seconds_svd")
+    result.update({k: section.get(k) for k in keys})
+    return result
 
 
-def _children(*names: str) -> list[dict]:
-    """Run one child process per name, all at once; their JSON results in order."""
-    running = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--child", name],
-                                stdout=subprocess.PIPE, text=True) for name in names]
+def _latency(args: argparse.Namespace, dense_source: Path, factorized) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from latency import interleaved_latency
+
+    from compressors.io.loading import load_model
+
+    dense = load_model(dense_source).model
+    return {str(batch): interleaved_latency({"dense": dense, "factorized": factorized},
+                                            batch, 512, args.latency_repeats)
+            for batch in (1, 8)}
+
+
+def _child(*names: str) -> list[dict]:
+    """One child process per row, one after another; their JSON results."""
     results = []
-    for name, process in zip(names, running, strict=True):
-        out, _ = process.communicate()
+    for name in names:
+        process = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", name],
+                                 stdout=subprocess.PIPE, text=True, check=False)
         if process.returncode:
             raise RuntimeError(f"child {name} failed with exit code {process.returncode}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        results.append(json.loads(process.stdout.strip().splitlines()[-1]))
+        _log(f"{name}: {json.dumps({k: v for k, v in results[-1].items() if k != 'ranks'})}")
     return results
 
 
@@ -111,81 +175,122 @@ def _mb(value: float) -> str:
     return f"{value / 1e6:.1f}"
 
 
+def _latency_cells(row: dict) -> str:
+    lat = row.get("latency")
+    if not lat:
+        return "- | -"
+    cells = []
+    for batch in ("1", "8"):
+        f, d = lat[batch]["factorized"], lat[batch]["dense"]
+        cells.append(f"{f['tokens_per_second']:.0f} vs {d['tokens_per_second']:.0f} "
+                     f"({d['latency_ms'] / f['latency_ms']:.2f}x)")
+    return " | ".join(cells)
+
+
+def _print_smollm2(dense: dict | None, rows: list[dict]) -> None:
+    print("| row | kept (factorized layers) | layers factorized | params | ppl SOTU | "
+          "ppl pydoc | x dense | size MB | err predicted / measured / vs orig / refit | "
+          "tok/s b1 (vs dense) | tok/s b8 (vs dense) | seconds | peak RSS MB | reload |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if dense:
+        print(f"| dense | 100% | 0 | {dense['parameters']:,} | {dense['perplexity']:.2f} | "
+              f"{dense['perplexity_second']:.2f} | 1.00 | {_mb(dense['size_bytes'])} | - | - | "
+              f"- | {dense['seconds']:.0f} | {_mb(dense['peak_rss_bytes'])} | - |")
+    for row in rows:
+        ratio = f"{row['perplexity'] / dense['perplexity']:.2f}" if dense else "-"
+        errors = " / ".join("-" if row.get(k) is None else f"{row[k]:.3f}" for k in (
+            "predicted_error_mean", "measured_error_mean", "error_vs_original_mean",
+            "error_after_refit_mean"))
+        print(f"| {row['row']} {row['keep']:g} | {row['kept_fraction_targeted']:.1%} | "
+              f"{row['layers_factorized']}/{row['layers_targeted']} | "
+              f"{row['params_model_after']:,} | {row['perplexity']:.2f} | "
+              f"{row['perplexity_second']:.2f} | {ratio} | {_mb(row['size_bytes'])} | "
+              f"{errors} | {_latency_cells(row)} | {row['seconds']:.0f} "
+              f"(train {row['seconds_train']:.0f}) | {_mb(row['peak_rss_bytes'])} | "
+              f"{row['reload_identical']} |")
+    print(flush=True)
+
+
+def _print_ranks(rows: list[dict]) -> None:
+    """Per-layer ranks of the loss allocation, summarized per layer kind."""
+    for row in rows:
+        if row["row"] not in ("white-loss", "refit", "pela") or not row.get("ranks"):
+            continue
+        by_kind: dict[str, list[int]] = {}
+        for name, rank in row["ranks"].items():
+            by_kind.setdefault(name.rsplit(".", 1)[-1], []).append(rank)
+        print(f"ranks, {row['row']} {row['keep']:g} ({row['layers_factorized']} of "
+              f"{row['layers_targeted']} layers factorized): " + "; ".join(
+                  f"{kind} n={len(r)} min {min(r)} median {sorted(r)[len(r) // 2]} max {max(r)}"
+                  for kind, r in by_kind.items()))
+    print(flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60, help="PELA steps on SmolLM2")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--keeps", nargs="+", type=float, default=[0.8, 0.667, 0.5])
+    parser.add_argument("--steps", type=int, default=300, help="PELA steps on SmolLM2")
     parser.add_argument("--encoder-steps", type=int, default=60, help="PELA steps on MiniLM")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--seqlen", type=int, default=256, help="training tokens per window")
     parser.add_argument("--encoder-seqlen", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--lm-weight", type=float, default=1.0)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--lam", type=float, default=0.1)
+    parser.add_argument("--max-layer-keep", type=float, default=0.9)
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=40)
-    parser.add_argument("--only", choices=["smollm2", "minilm"], default=None)
-    parser.add_argument("--log-steps", nargs="*", default=["1", "10", "20", "40", "60", "100"])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per child; two children run at once")
+    parser.add_argument("--second-windows", type=int, default=40,
+                        help="windows of the second text (0: skip it)")
+    parser.add_argument("--latency", action="store_true", help="CPU latency vs dense")
+    parser.add_argument("--latency-repeats", type=int, default=3)
+    parser.add_argument("--no-dense", action="store_true")
+    parser.add_argument("--only", choices=["smollm2", "minilm"], default="smollm2")
+    parser.add_argument("--log-steps", nargs="*", default=["1", "10", "50", "100", "200",
+                                                            "300"])
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    _threads(args.threads)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
-        kind, _, keep = args.child.partition(":")
-        result = run_dense(args) if kind == "dense" else run_one(
-            args, "smollm2-135m" if kind == "smollm2" else "all-minilm-l6-v2", float(keep))
+        model, _, rest = args.child.partition(":")
+        row, _, keep = rest.partition(":")
+        result = run_dense(args) if model == "dense" else run_one(
+            args, "smollm2-135m" if model == "smollm2" else "all-minilm-l6-v2", row,
+            float(keep))
         print(json.dumps(result))
         return
 
-    print(f"# PELA low-rank factorization\n\nsteps={args.steps} (MiniLM {args.encoder_steps}), "
-          f"batch={args.batch_size}, seqlen={args.seqlen}, lr={args.lr}, warmup={args.warmup}, "
-          f"lm_weight={args.lm_weight}, alpha={args.alpha}, lambda={args.lam}; calibration "
-          f"{args.calib_samples}x{args.calib_seqlen}, evaluation {args.eval_windows}x512; "
-          f"torch threads={args.threads} per process, the two reductions run as two "
-          f"processes at once; {os.cpu_count()} CPUs visible\n", flush=True)
-    if args.only in (None, "smollm2"):
-        results = _children(*[f"smollm2:{keep}" for keep in KEEPS.values()])
-        rows = dict(zip(KEEPS, results, strict=True))
-        dense = _children("dense:")[0]
-        first = next(iter(rows.values()))
-        print(f"## SmolLM2-135M\n\nFactorized layers (every Linear in the 30 blocks) hold "
-              f"{first['params_targeted_before']:,} of {first['params_model_before']:,} "
-              f"parameters ({first['targeted_share_of_model']:.1%}); the rest is mostly the "
-              "tied embedding / LM head, which stays dense.\n")
-        print("| reduction | kept (factorized layers) | params | ppl SVD only | ppl PELA "
-              "| size MB | vs dense | seconds | peak RSS MB | reload identical |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        print(f"| dense | 100% | {dense['parameters']:,} | {dense['perplexity']:.2f} | "
-              f"{dense['perplexity']:.2f} | {_mb(dense['size_bytes'])} | 0% | - | "
-              f"{_mb(dense['peak_rss_bytes'])} | - |")
-        for label, row in rows.items():
-            saved = 1 - row["size_bytes"] / row["dense_size_bytes"]
-            print(f"| {label} | {row['kept_fraction_targeted']:.1%} | "
-                  f"{row['params_model_after']:,} | {row['perplexity_svd']:.2f} | "
-                  f"{row['perplexity_trained']:.2f} | {_mb(row['size_bytes'])} | "
-                  f"-{saved:.1%} | {row['seconds']:.0f} (train {row['seconds_train']:.0f}) | "
-                  f"{_mb(row['peak_rss_bytes'])} | {row['reload_identical']} |")
-        print(flush=True)
-    if args.only in (None, "minilm"):
-        results = _children(*[f"minilm:{keep}" for keep in KEEPS.values()])
-        rows = dict(zip(KEEPS, results, strict=True))
-        print("## all-MiniLM-L6-v2 (encoder, distillation only)\n\nCosine similarity of "
-              "mean-pooled sentence embeddings, factorized vs original, on 64 held-out "
-              "sentences (SOTU 2000-).\n")
-        print("| reduction | kept | params | cos SVD only (mean/min) | cos PELA (mean/min) "
-              "| size MB | vs dense | seconds |")
-        print("|---|---|---|---|---|---|---|---|")
-        for label, row in rows.items():
-            saved = 1 - row["size_bytes"] / row["dense_size_bytes"]
-            svd, pela = row["embedding_cosine_svd"], row["embedding_cosine_trained"]
-            print(f"| {label} | {row['kept_fraction_targeted']:.1%} | "
-                  f"{row['params_model_after']:,} | {svd['mean']:.4f} / {svd['min']:.4f} | "
-                  f"{pela['mean']:.4f} / {pela['min']:.4f} | {_mb(row['size_bytes'])} | "
-                  f"-{saved:.1%} | {row['seconds']:.0f} |")
-        print(flush=True)
+    print(f"# Low-rank factorization ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n"
+          f"rows={args.rows} keeps={args.keeps}; PELA steps={args.steps} (MiniLM "
+          f"{args.encoder_steps}), batch={args.batch_size}, seqlen={args.seqlen}, lr={args.lr}, "
+          f"warmup={args.warmup}, lm_weight={args.lm_weight}, alpha={args.alpha}, "
+          f"lambda={args.lam}, max_layer_keep={args.max_layer_keep}; calibration "
+          f"{args.calib_samples}x{args.calib_seqlen}, evaluation {args.eval_windows}x512 "
+          f"(second text {args.second_windows}x512); "
+          f"torch threads={args.threads}; load average at start {os.getloadavg()}\n", flush=True)
+    names = [f"{args.only}:{row}:{keep}" for keep in args.keeps for row in args.rows]
+    if args.only == "smollm2":
+        dense = None if args.no_dense else _child("dense:")[0]
+        rows = _child(*names)
+        _print_smollm2(dense, rows)
+        _print_ranks(rows)
+    else:
+        rows = _child(*names)
+        print("| row | kept | params | cos init (mean/min) | cos PELA (mean/min) | size MB |")
+        print("|---|---|---|---|---|---|")
+        for row in rows:
+            init, pela = row["embedding_cosine_svd"], row.get("embedding_cosine_trained")
+            trained = f"{pela['mean']:.4f} / {pela['min']:.4f}" if pela else "-"
+            print(f"| {row['row']} {row['keep']:g} | {row['kept_fraction_targeted']:.1%} | "
+                  f"{row['params_model_after']:,} | {init['mean']:.4f} / {init['min']:.4f} | "
+                  f"{trained} | {_mb(row['size_bytes'])} |")
+    print(f"\nload average at end {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":

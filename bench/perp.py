@@ -42,7 +42,7 @@ MODES = {
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    from compressors.calibration import CalibrationConfig, EvaluationConfig
+    from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
 
     return {
         "calibration": CalibrationConfig(samples=args.calib_samples,
@@ -53,8 +53,8 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def _context(source: Path, tokenizer, settings: dict):
-    from compressors.calibration import CalibrationConfig, EvaluationConfig
-    from compressors.context import StepContext
+    from compressors.engine.context import StepContext
+    from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
 
     return StepContext(model_source=source, tokenizer=tokenizer,
                        calibration=CalibrationConfig(**settings["calibration"]),
@@ -62,20 +62,21 @@ def _context(source: Path, tokenizer, settings: dict):
 
 
 def _ppl_pair(model, context, second_text: str) -> tuple[float, float]:
+    from compressors.engine.windows import text_sequential_windows
     from compressors.evaluate import perplexity
-    from compressors.retraining import texts
 
-    second = texts.evaluation_windows(context.tokenizer, second_text, context.evaluation.windows,
-                                      context.evaluation.seqlen)
-    return perplexity(model, context.evaluation_windows), perplexity(model, second)
+    second = text_sequential_windows(context.tokenizer, second_text, context.evaluation.windows,
+                                     context.evaluation.seqlen)
+    return perplexity(model, context.evaluation_tokens()), perplexity(model, second)
 
 
 def run_mode(job: dict) -> dict:
     """In a subprocess: load the pruned checkpoint, retrain, check masks, measure."""
-    from compressors.evaluate import peak_rss_bytes
-    from compressors.model_io import load_model
-    from compressors.retraining import PerpConfig
-    from compressors.retraining.perp import current_masks, run_perp
+    from compressors.io.loading import load_model
+    from compressors.methods.perp.config import PerpConfig
+    from compressors.methods.perp.step import current_masks
+    from compressors.methods.perp.step import run as run_perp
+    from compressors.peak_memory import peak_rss_bytes
 
     loaded = load_model(job["pruned"])
     context = _context(Path(job["dense"]), loaded.tokenizer, job["settings"])
@@ -85,11 +86,12 @@ def run_mode(job: dict) -> dict:
     after = current_masks(loaded.model, context)
     assert all(torch.equal(masks[n], after[n]) for n in masks), "masks changed"
     ppl, second = _ppl_pair(loaded.model, context, config.second_text)
-    section = result.sections["retraining"]
+    section = result.section
+    train = section["train"]
     return {"ppl": ppl, "second": second, "trainable_percent": section["trainable_percent"],
             "seconds": section["seconds"], "steps": section["steps"],
-            "tokens": section["tokens"], "first_loss": section["loss_curve"][0][1],
-            "last_loss": section["loss_curve"][-1][1], "peak_rss": peak_rss_bytes()}
+            "tokens": section["tokens"], "first_loss": train["loss_first"]["total"],
+            "last_loss": train["loss_last"]["total"], "peak_rss": peak_rss_bytes()}
 
 
 def _spawn_mode(job: dict, threads: int) -> dict:
@@ -109,7 +111,7 @@ def _perp_settings(args: argparse.Namespace, mode: str) -> dict:
     if mode == "reconstruct":
         return {**MODES[mode], **common, "steps": args.recon_steps,
                 "batch_size": args.recon_batch, "samples": args.recon_samples}
-    return {**MODES[mode], **common, "steps": args.steps, "batch_size": args.batch_size}
+    return {**MODES[mode], **common, "train_steps": args.steps, "batch_size": args.batch_size}
 
 
 def main() -> None:
@@ -142,10 +144,10 @@ def main() -> None:
         return
 
     from compressors.assets import smollm2_path
-    from compressors.evaluate import peak_rss_bytes
-    from compressors.model_io import load_model, save_checkpoint
+    from compressors.io.loading import load_model, save_checkpoint
+    from compressors.methods import get_method
+    from compressors.peak_memory import peak_rss_bytes
     from compressors.recipe import parse_recipe
-    from compressors.registry import get_method
 
     started = time.perf_counter()
     settings = _settings(args)

@@ -1,4 +1,4 @@
-"""Magnitude, Wanda and SparseGPT on SmolLM2-135M per the evaluation protocol (DESIGN.md).
+"""Magnitude, Wanda and SparseGPT on SmolLM2-135M per the evaluation protocol (docs/evaluation.md).
 
     .venv/bin/python bench/pruning.py                        # all rows: 32x512 calib, 40x512 eval
     .venv/bin/python bench/pruning.py --rows wanda-50,sparsegpt-50 --samples 8 --windows 8
@@ -39,45 +39,22 @@ ROWS: dict[str, tuple[str, dict]] = {
 }
 
 
-def _status_mb(field: str) -> float | None:
-    """A memory line of /proc/self/status (VmRSS, VmHWM) in MB, or None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's resident high-water mark (VmHWM), so the next peak is the pruning's."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _prune(model, method: str, params: dict, windows: torch.Tensor, loaded) -> None:
-    from compressors.context import StepContext
-    from compressors.registry import get_method
+    from compressors.engine.context import StepContext
+    from compressors.methods import get_method
 
     entry = get_method(method)
-    context = StepContext(model_source=loaded.source, tokenizer=loaded.tokenizer)
-    context.__dict__["calibration_windows"] = windows
+    context = StepContext(model_source=loaded.source, tokenizer=loaded.tokenizer,
+                          calibration_windows=windows)
     entry.run(model, entry.config(method=method, **params), context)
 
 
 def child(args: argparse.Namespace) -> None:
-    from compressors.calibration import (
-        CalibrationConfig,
-        EvaluationConfig,
-        calibration_windows,
-        evaluation_windows,
-    )
-    from compressors.evaluate import peak_rss_bytes, perplexity
-    from compressors.model_io import load_model
+    from compressors.engine.windows import calibration_windows, evaluation_windows
+    from compressors.evaluate import perplexity
+    from compressors.io.loading import load_model
+    from compressors.peak_memory import current_rss_bytes, peak_rss_bytes, reset_peak
+    from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
 
     torch.set_num_threads(args.threads)
     method, params = ROWS[args.row]
@@ -86,13 +63,13 @@ def child(args: argparse.Namespace) -> None:
     windows = calibration_windows(loaded.tokenizer,
                                   CalibrationConfig(samples=args.samples, seqlen=args.seqlen))
     gc.collect()
-    rss_loaded = _status_mb("VmRSS")
-    reset = _reset_peak()
+    rss_loaded = (current_rss_bytes() or 0) / 2**20
+    reset = reset_peak()
     start = time.perf_counter()
     if method != "dense":
         _prune(loaded.model, method, params, windows, loaded)
     seconds = time.perf_counter() - start
-    peak = _status_mb("VmHWM") if reset else peak_rss_bytes() / 2**20
+    peak = peak_rss_bytes() / 2**20
     eval_windows = evaluation_windows(loaded.tokenizer, EvaluationConfig(windows=args.windows))
     ppl = perplexity(loaded.model, eval_windows)
     print(json.dumps({"row": args.row, "perplexity": ppl, "seconds": seconds,

@@ -25,8 +25,8 @@ import torch
 
 
 def reference_windows(tokenizer, samples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """Protocol windows, drawn here independently of compressors.calibration."""
-    from compressors.assets import load_text
+    """Protocol windows, drawn here independently of compressors.engine.windows."""
+    from compressors.recipe.text import load_text
 
     ids = tokenizer(load_text("sotu:1900-1999"), add_special_tokens=False)["input_ids"]
     tokens = torch.tensor(ids)
@@ -92,16 +92,14 @@ def reference_prune_wanda(model, windows, sparsity: float, prune_n: int, prune_m
 
 
 def child(args: argparse.Namespace) -> None:
-    from compressors.calibration import (
-        CalibrationConfig,
-        EvaluationConfig,
-        calibration_windows,
-        evaluation_windows,
-    )
-    from compressors.context import StepContext
-    from compressors.evaluate import peak_rss_bytes, perplexity
-    from compressors.model_io import load_model
-    from compressors.pruning.wanda import WandaConfig, run_wanda
+    from compressors.engine.context import StepContext
+    from compressors.engine.windows import calibration_windows, evaluation_windows
+    from compressors.evaluate import perplexity
+    from compressors.io.loading import load_model
+    from compressors.methods.wanda.config import WandaConfig
+    from compressors.methods.wanda.step import run as run_wanda
+    from compressors.peak_memory import peak_rss_bytes
+    from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
 
     torch.set_num_threads(2)
     loaded = load_model("smollm2-135m")
@@ -117,8 +115,8 @@ def child(args: argparse.Namespace) -> None:
         # the reference prunes prune_n of every prune_m: for N:M (keep N) that is M - N
         reference_prune_wanda(loaded.model, windows, args.sparsity, m - n if m else 0, m)
     else:
-        context = StepContext(model_source=loaded.source, tokenizer=loaded.tokenizer)
-        context.__dict__["calibration_windows"] = windows
+        context = StepContext(model_source=loaded.source, tokenizer=loaded.tokenizer,
+                              calibration_windows=windows)
         config = (WandaConfig(pattern=args.pattern) if args.pattern
                   else WandaConfig(sparsity=args.sparsity))
         run_wanda(loaded.model, config, context)

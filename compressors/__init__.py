@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from compressors.version import __version__
+
 __all__ = ["__version__", "compress", "load", "parse_recipe"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from compressors.model_io import load
+    from compressors.io.loading import load
     from compressors.pipeline import compress
     from compressors.recipe import parse_recipe
 
@@ -24,7 +25,7 @@ def __getattr__(name: str) -> Any:
 
         return compress
     if name == "load":
-        from compressors.model_io import load
+        from compressors.io.loading import load
 
         return load
     if name == "parse_recipe":

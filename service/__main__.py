@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from service.settings import get_settings
+from jobs.settings import get_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    from jobs.connection import redis_client
     from service.auth import KeyStore
-    from service.connection import redis_client
 
     settings = get_settings()
     store = KeyStore(redis_client(settings.redis_url), settings.key_prefix)

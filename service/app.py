@@ -12,12 +12,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.exceptions import RedisError
 
+from compressors.version import __version__
+from jobs.admission import LimitsCache
+from jobs.connection import redis_client
+from jobs.queue import get_queue
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
+from service import errors
 from service.api import api_router, health, session
 from service.auth import KeyStore
-from service.connection import redis_client
-from service.jobs import JobStore
-from service.queue import get_queue
-from service.settings import Settings, get_settings
+from service.body_limit import BodyLimit
+from service.quotas import Leases
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     yield
+    hub = getattr(app.state, "broadcaster", None)
+    if hub is not None:
+        await hub.close()
     client = getattr(app.state, "aredis", None)
     if client is not None:
         await client.aclose()
@@ -55,7 +63,7 @@ def _include_dashboard(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app on one Redis connection pool shared by every request."""
     settings = settings or get_settings()
-    app = FastAPI(title="compressors", version="0.1.0", lifespan=_lifespan,
+    app = FastAPI(title="compressors", version=__version__, lifespan=_lifespan,
                   description="Model-compression jobs: submit a model and a recipe, get back a "
                               "compressed checkpoint and a report.")
     redis = redis_client(settings.redis_url)
@@ -64,6 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore(redis, settings.key_prefix)
     app.state.keys = KeyStore(redis, settings.key_prefix)
     app.state.queue = get_queue(redis, settings)
+    app.state.limits = LimitsCache(redis, settings)
+    app.state.stream_leases = Leases("open event streams", settings.max_streams_per_key,
+                                     "MAX_STREAMS_PER_KEY")
+    app.state.upload_leases = Leases("uploads in progress", settings.max_uploads_per_key,
+                                     "MAX_UPLOADS_PER_KEY")
+    errors.install(app)
+    app.add_middleware(BodyLimit, limit=settings.max_json_bytes)
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(api_router())

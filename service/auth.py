@@ -18,7 +18,7 @@ from typing import Any
 
 from redis import Redis
 
-from service.jobs import utcnow
+from jobs.records import utcnow
 
 COOKIE_NAME = "compressors_key"
 COOKIE_MAX_AGE = 7 * 86400  # a browser signs in again weekly; revoking the key ends it at once

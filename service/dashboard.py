@@ -18,8 +18,10 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from jobs.connection import redis_client
+from jobs.records import JobState
+from jobs.settings import get_settings
 from service.auth import COOKIE_NAME, KeyStore, Principal, clear_key_cookie, set_key_cookie
-from service.jobs import STATES
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -59,11 +61,7 @@ templates.env.globals["static_url"] = static_url
 def _settings(request: Request) -> Any:
     """The app's settings object if it keeps one, else the process-wide settings."""
     settings = getattr(request.app.state, "settings", None)
-    if settings is None:
-        from service.settings import get_settings
-
-        settings = get_settings()
-    return settings
+    return settings if settings is not None else get_settings()
 
 
 def _key_store(request: Request) -> KeyStore:
@@ -74,8 +72,6 @@ def _key_store(request: Request) -> KeyStore:
     settings = _settings(request)
     redis = getattr(request.app.state, "redis", None)
     if redis is None:
-        from service.connection import redis_client
-
         redis = redis_client(settings.redis_url)
     return KeyStore(redis, settings.key_prefix)
 
@@ -157,13 +153,20 @@ def signout(request: Request) -> Response:
 @router.get("/")
 def jobs_page(request: Request) -> Response:
     """The live jobs table."""
-    return _signed_in_page(request, "jobs.html", "jobs", "Jobs", states=STATES)
+    return _signed_in_page(request, "jobs.html", "jobs", "Jobs", states=list(JobState))
 
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, job_id: str) -> Response:
     """One job: status, timeline, messages, report, files (the API enforces who may see it)."""
     return _signed_in_page(request, "job.html", "job", "Job", job_id=job_id, nav="jobs")
+
+
+@router.get("/compare")
+def compare_page(request: Request, model: str = "") -> Response:
+    """All of a model's finished jobs on one size / perplexity plot (`static/search.js`)."""
+    return _signed_in_page(request, "compare.html", "compare", "Compare jobs",
+                           model=model[:4096], nav="jobs")
 
 
 @router.get("/submit")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from redis import Redis
 from rq import Queue
 
-from service import queue as rq_queue
-from service.jobs import JobStore
+from jobs import queue as rq_queue
+from jobs.store import JobStore
 
 
 def _metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> str:
@@ -15,10 +14,10 @@ def _metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float
     return "\n".join(lines)
 
 
-def render(redis: Redis, store: JobStore, queue: Queue) -> str:
+def render(store: JobStore, queue: Queue) -> str:
     by_state = store.count_by_state()
     seconds = store.method_seconds()
-    workers = rq_queue.workers(redis, queue)
+    workers = rq_queue.workers(queue)
     blocks = [
         _metric("compressors_queue_depth", "gauge", "jobs waiting in the queue",
                 [("", queue.count)]),
@@ -31,6 +30,6 @@ def render(redis: Redis, store: JobStore, queue: Queue) -> str:
         _metric("compressors_workers", "gauge", "workers registered on the queue",
                 [("", len(workers))]),
         _metric("compressors_workers_busy", "gauge", "workers running a job",
-                [("", sum(1 for w in workers if w["current_job"]))]),
+                [("", sum(1 for w in workers if w.current_job))]),
     ]
     return "\n".join(blocks) + "\n"

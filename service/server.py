@@ -17,6 +17,9 @@ import time
 from types import FrameType
 
 APP = "service.app:create_app"
+# Open event streams (a dashboard tab) would hold a graceful shutdown forever: after this many
+# seconds uvicorn closes them, so Ctrl-C and SIGTERM end the API promptly.
+GRACEFUL_S = 2
 
 
 def serve(host: str, port: int, processes: int, log_level: str) -> int:
@@ -24,11 +27,12 @@ def serve(host: str, port: int, processes: int, log_level: str) -> int:
     import uvicorn
 
     if processes <= 1:
-        uvicorn.run(APP, factory=True, host=host, port=port, log_level=log_level)
+        uvicorn.run(APP, factory=True, host=host, port=port, log_level=log_level,
+                    timeout_graceful_shutdown=GRACEFUL_S)
         return 0
     if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - not Linux/BSD
         uvicorn.run(APP, factory=True, host=host, port=port, log_level=log_level,
-                    workers=processes)
+                    workers=processes, timeout_graceful_shutdown=GRACEFUL_S)
         return 0
     return _supervise(host, port, processes, log_level)
 
@@ -42,7 +46,8 @@ def _serve_one(host: str, port: int, log_level: str) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(APP, factory=True, host=host, port=port, log_level=log_level)
+    config = uvicorn.Config(APP, factory=True, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=GRACEFUL_S)
     uvicorn.Server(config).run(sockets=[sock])
 
 

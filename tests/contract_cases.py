@@ -1,6 +1,6 @@
 """The contract table: one entry per registered method, run through the same checks.
 
-Every method in `compressors.registry.METHODS` must appear here (a test enforces it). A case
+Every method in `compressors.methods.METHODS` must appear here (a test enforces it). A case
 gives a recipe that exercises the method on tiny models, an invalid step with the field its
 error must name, and an optional method-specific check of the reloaded checkpoint.
 """
@@ -13,10 +13,17 @@ from typing import Any
 
 from torch import nn
 
-from compressors.modules import dense_weight, is_quantized, select_layers, weight_matrix
-from compressors.pruning.masks import nm_groups_valid
+from compressors.engine.layers import dense_weight, is_packed, weight_layers
+from compressors.engine.modules import find_blocks, select_layers, weight_matrix
+from compressors.ops.masks import nm_groups_valid
 
 Check = Callable[[nn.Module, dict[str, Any]], None]
+
+
+def block_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every weight layer (of any kind: dense, quantized, factorized) inside the blocks."""
+    prefix, _ = find_blocks(model)
+    return {n: m for n, m in weight_layers(model).items() if n.startswith(prefix + ".")}
 
 
 @dataclass(frozen=True)
@@ -63,14 +70,14 @@ def quantized(layer_type: str, lorc_rank: int = 0, row_sparsity: float = 0.0) ->
     rows keep their exact zeros through quantization."""
 
     def check(model: nn.Module, _report: dict[str, Any]) -> None:
-        for name, layer in select_layers(model).items():
+        for name, layer in block_layers(model).items():
             assert type(layer).__name__ == layer_type, name
             lorc = getattr(layer, "lorc", None)
             assert (lorc.rank if lorc is not None else 0) == lorc_rank, name
             zeros = (dense_weight(layer) == 0).sum(dim=1)
             assert bool((zeros >= int(layer.in_features * row_sparsity)).all()), name
         head = model.get_output_embeddings()
-        assert head is None or not is_quantized(head)
+        assert head is None or not is_packed(head)
 
     return check
 
@@ -80,17 +87,45 @@ def factorized(max_kept: float | None) -> Check:
     `max_kept` of the targeted parameters; None = exported dense (standard layers only)."""
 
     def check(model: nn.Module, report: dict[str, Any]) -> None:
-        from compressors.lowrank.layers import lowrank_layers
+        from compressors.methods.lowrank.layers import lowrank_layers
 
         found = lowrank_layers(model)
         section = report["lowrank"]
+        dense = {n for n, m in block_layers(model).items() if n not in found}
         if max_kept is None:
-            assert not found and select_layers(model)
+            assert not found and dense
             return
         assert {n: m.rank for n, m in found.items()} == section["ranks"]
-        assert not select_layers(model), "a targeted layer stayed dense"
+        assert dense == set(section["layers_skipped"]), "a layer stayed dense unreported"
+        assert len(found) > len(dense)
         assert section["kept_fraction_targeted"] <= max_kept
         assert report["metrics"]["after"]["size_bytes"] < report["metrics"]["before"]["size_bytes"]
+
+    return check
+
+
+def int_weights(bits: int, nm: tuple[int, int] | None = None) -> Check:
+    """gptq / rtn: block layers reload as plain Linear layers whose every (row, group) holds
+    at most 2^bits values, as the report's grid says; the LM head is untouched; N:M zeros of
+    an earlier pruning step are still there."""
+
+    def check(model: nn.Module, report: dict[str, Any]) -> None:
+        from compressors.methods.gptq.quant_math import resolve_group_size
+
+        section = report["quantization"]
+        requested = None if section["group_size"] == "auto" else section["group_size"]
+        assert section["bits"] == bits and report["checkpoint"]["how_to_serve"]
+        for name, layer in select_layers(model).items():
+            weight = weight_matrix(layer)
+            size = resolve_group_size(weight.shape[1], requested)
+            width = weight.shape[1] if size == -1 else size
+            groups = weight.reshape(weight.shape[0], -1, width)
+            distinct = max(len(set(g.tolist())) for row in groups for g in row)
+            assert distinct <= 2**bits, name
+            if nm is not None:
+                assert nm_groups_valid(weight, *nm), f"{name} breaks {nm}"
+        quantized = set(section["relative_error"]["per_layer"])
+        assert quantized == set(select_layers(model))  # the block Linears, not the LM head
 
     return check
 
@@ -140,22 +175,49 @@ CASES: dict[str, list[ContractCase]] = {
     "perp": [
         ContractCase("magnitude-50-perp-masklora",
                      [{"method": "magnitude", "sparsity": 0.5},
-                      {"method": "perp", "mode": "masklora", "steps": 2, "seqlen": 32, "rank": 2}],
+                      {"method": "perp", "mode": "masklora", "train_steps": 2, "seqlen": 32,
+                       "rank": 2}],
                      {"method": "perp", "mode": "masklora", "rank": 0}, "rank",
                      matrix_exactly_sparse(0.5)),
         ContractCase("wanda-2:4-perp-scalelora",
                      [{"method": "wanda", "pattern": "2:4"},
-                      {"method": "perp", "mode": "scalelora", "steps": 2, "seqlen": 32,
+                      {"method": "perp", "mode": "scalelora", "train_steps": 2, "seqlen": 32,
                        "rank": 2}],
                      {"method": "perp", "mode": "sparse"}, "mode", nm_valid(2, 4)),
     ],
+    "gptq": [
+        ContractCase("gptq-w4-g32", [{"method": "gptq", "group_size": 32}],
+                     {"method": "gptq", "group_size": 48}, "group_size", int_weights(4),
+                     architectures=("llama",)),
+        ContractCase("sparsegpt-2:4-then-gptq-w4",
+                     [{"method": "sparsegpt", "pattern": "2:4", "blocksize": 32},
+                      {"method": "gptq"}],
+                     {"method": "gptq", "bits": 3}, "bits", int_weights(4, (2, 4)),
+                     architectures=("llama",)),
+    ],
+    "rtn": [
+        ContractCase("rtn-w8-per-channel", [{"method": "rtn", "bits": 8, "group_size": -1}],
+                     {"method": "rtn", "symmetric": False}, "symmetric", int_weights(8),
+                     architectures=("llama",)),
+    ],
     "lowrank": [
         ContractCase("lowrank-pela",
-                     [{"method": "lowrank", "target_params": 0.6, "steps": 2, "seqlen": 32}],
+                     [{"method": "lowrank", "target_params": 0.6, "train_steps": 2, "seqlen": 32}],
                      {"method": "lowrank", "ratio": 0.5}, "ratio", factorized(0.6)),
         ContractCase("lowrank-svd-export-dense",
-                     [{"method": "lowrank", "rank": 8, "steps": 0, "export_dense": True}],
+                     [{"method": "lowrank", "rank": 8, "init": "svd", "train_steps": 0,
+                       "export_dense": True}],
                      {"method": "lowrank", "rank": 8, "energy": 0.9}, "energy",
                      factorized(None)),
+        ContractCase("lowrank-whitened-uniform-refit",
+                     [{"method": "lowrank", "target_params": 0.5, "allocation": "uniform",
+                       "train_steps": 0}],
+                     {"method": "lowrank", "target_params": 0.5, "init": "asvd"}, "init",
+                     factorized(0.5), architectures=("llama",)),
+        ContractCase("lowrank-export-dense-then-nf4",
+                     [{"method": "lowrank", "target_params": 0.6, "train_steps": 0,
+                       "export_dense": True}, {"method": "quantize"}],
+                     {"method": "lowrank", "target_params": 0.6, "max_layer_keep": 0},
+                     "max_layer_keep", quantized("Linear4bit"), architectures=("llama",)),
     ],
 }

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressors import assets
-from compressors.calibration import random_windows, sequential_windows, tokenize
+from compressors.engine.windows import random_windows, sequential_windows, tokenize
+from compressors.recipe.text import load_text, load_text_parts
 
 
 def test_random_windows_follow_protocol_draws():
@@ -37,25 +37,8 @@ def test_short_text_errors():
         random_windows(torch.arange(10), 1, 64, 0)
 
 
-def test_sotu_corpora_split_by_year():
-    calibration = assets.sotu_speeches(1900, 1999)
-    evaluation = assets.sotu_speeches(2000)
-    assert calibration and evaluation
-    assert all(1900 <= int(p.name[:4]) <= 1999 for p in calibration)
-    assert all(int(p.name[:4]) >= 2000 for p in evaluation)
-    assert [p.name for p in calibration] == sorted(p.name for p in calibration)
-    text = assets.load_text("sotu:2000-")
-    assert text.startswith(evaluation[0].read_text(encoding="utf-8")[:200])
-    assert "\n\n" in text
-
-
-def test_unknown_text_is_a_clear_error():
-    with pytest.raises(ValueError, match="neither a built-in corpus"):
-        assets.load_text("no-such-corpus")
-
-
 @pytest.mark.parametrize("spec", ["sotu:1900-1999", "sotu:2000-"])
 def test_piecewise_tokenization_equals_whole_text(spec, smollm2_tokenizer):
-    whole = tokenize(smollm2_tokenizer, assets.load_text(spec))
-    pieces = tokenize(smollm2_tokenizer, assets.load_text_parts(spec))
+    whole = tokenize(smollm2_tokenizer, load_text(spec))
+    pieces = tokenize(smollm2_tokenizer, load_text_parts(spec))
     assert torch.equal(whole, pieces)

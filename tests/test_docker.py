@@ -225,9 +225,9 @@ def free_port() -> int:
 
 def settings_class():
     try:
-        from service.settings import Settings
+        from jobs.settings import Settings
     except ImportError as exc:  # the service is not there yet
-        pytest.skip(f"service.settings not importable: {exc}")
+        pytest.skip(f"jobs.settings not importable: {exc}")
     return Settings
 
 
@@ -398,7 +398,8 @@ def test_copied_files_exist_and_are_in_the_build_context():
             words = rest.split()
             if instr == "COPY" and not any(w.startswith("--from") for w in words):
                 copied += [w for w in words[:-1] if not w.startswith("--")]
-    needed = {"pyproject.toml", "compressors", "service", "worker", "docker/gpu-slot.sh"}
+    needed = {"pyproject.toml", "compressors", "jobs", "service", "worker",
+              "docker/gpu-slot.sh"}
     assert needed <= set(copied), needed - set(copied)
     for source in copied:
         if any(ch in source for ch in "*?["):
@@ -468,8 +469,8 @@ def test_api_healthcheck_names_real_endpoints():
     urls = api_health_urls()
     assert urls, "the API health check must call an endpoint"
     try:
+        from jobs.settings import Settings
         from service.app import create_app
-        from service.settings import Settings
     except ImportError as exc:
         pytest.skip(f"service.app not importable: {exc}")
     from fastapi.testclient import TestClient
@@ -606,7 +607,7 @@ def test_gpu_slot_gives_each_worker_its_own_gpu(tmp_path):
 # ---- the deployment guide ----------------------------------------------------------------------
 
 def test_deploy_guide_names_real_services_volumes_and_variables():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "deployment.md").read_text()
     assert "\n## Deploy with Docker Compose\n" in readme
     guide = readme.split("\n## Deploy with Docker Compose\n", 1)[1].split("\n## ", 1)[0]
     code = "\n".join(re.findall(r"```bash\n(.*?)```", guide, re.DOTALL))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressors.pruning.masks import (
+from compressors.ops.masks import (
     choose_mask,
     matrix_mask,
     nm_groups_valid,

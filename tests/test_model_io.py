@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
 from compressors import assets
-from compressors.model_io import ModelNotFoundError, load_model, resolve_model, save_checkpoint
+from compressors.io.loading import ModelNotFoundError, load_model, resolve_model, save_checkpoint
 from tests.conftest import tiny_model
 
 

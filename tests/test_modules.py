@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from compressors.modules import find_blocks, select_layers, weight_matrix
+from compressors.engine.modules import find_blocks, select_layers, weight_matrix
 from tests.conftest import tiny_model
 
 EXPECTED_BLOCKS = {"llama": "model.layers", "gpt2": "transformer.h",

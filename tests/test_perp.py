@@ -14,18 +14,23 @@ from pydantic import ValidationError
 from torch import nn
 
 import compressors
-from compressors.calibration import CalibrationConfig, EvaluationConfig
-from compressors.context import StepContext
-from compressors.model_io import load_model
-from compressors.modules import select_layers, weight_matrix
-from compressors.pruning.magnitude import MagnitudeConfig, run_magnitude
-from compressors.pruning.masks import nm_groups_valid
-from compressors.pruning.wanda import WandaConfig, run_wanda
+from compressors.engine.context import StepContext
+from compressors.engine.modules import select_layers, weight_matrix
+from compressors.engine.training import lr_factor
+from compressors.io.loading import load_model
+from compressors.methods.magnitude.config import MagnitudeConfig
+from compressors.methods.magnitude.step import run as run_magnitude
+from compressors.methods.perp import lora_math
+from compressors.methods.perp import step as perp_step
+from compressors.methods.perp.adapters import merge_adapters, wrap_layers, wrap_lm_head
+from compressors.methods.perp.config import PerpConfig
+from compressors.methods.perp.step import current_masks
+from compressors.methods.perp.step import run as run_perp
+from compressors.methods.wanda.config import WandaConfig
+from compressors.methods.wanda.step import run as run_wanda
+from compressors.ops.masks import nm_groups_valid
 from compressors.recipe import parse_recipe
-from compressors.retraining import PerpConfig, lora_math, texts
-from compressors.retraining.adapters import merge_adapters, wrap_layers, wrap_lm_head
-from compressors.retraining.perp import current_masks, run_perp
-from compressors.retraining.train import lr_factor
+from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
 from tests.conftest import SMALL_BUDGETS, tiny_model
 
 MODES = ["norms", "masklora", "scalelora", "lora"]
@@ -46,7 +51,7 @@ def _lm_loss(model: nn.Module, windows: torch.Tensor) -> float:
 def fixed_windows(monkeypatch) -> torch.Tensor:
     """Tiny models have a 256-token vocabulary: train on fixed random ids, not real text."""
     windows = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(1))
-    monkeypatch.setattr(texts, "training_windows", lambda *_a, **_k: windows)
+    monkeypatch.setattr(perp_step, "text_random_windows", lambda *_a, **_k: windows)
     return windows
 
 
@@ -135,8 +140,8 @@ def test_schedule_warms_up_then_decays_to_zero():
     [
         ({"mode": "dense"}, "mode"),
         ({"rank": 0}, "rank"),
-        ({"steps": 0}, "steps"),
-        ({"steps": 5, "warmup": 6}, "warmup"),
+        ({"train_steps": 0}, "train_steps"),
+        ({"warmup": -1}, "warmup"),
         ({"objective": "reconstruct", "lm_head_adapter": True}, "lm_head_adapter"),
         ({"lr": 0}, "lr"),
     ],
@@ -149,8 +154,19 @@ def test_invalid_settings_name_their_field(step, field):
 
 def test_example_recipe_parses():
     recipe = parse_recipe({"steps": [{"method": "wanda", "sparsity": 0.5},
-                                     {"method": "perp", "mode": "masklora", "steps": 300}]})
-    assert isinstance(recipe.steps[1], PerpConfig) and recipe.steps[1].steps == 300
+                                     {"method": "perp", "mode": "masklora", "train_steps": 300}]})
+    assert isinstance(recipe.steps[1], PerpConfig) and recipe.steps[1].train_steps == 300
+    # the best measured settings are the defaults: a user who writes only the steps gets them
+    assert (recipe.steps[1].lr, recipe.steps[1].warmup) == (1e-3, 10)
+
+
+def test_steps_is_a_deprecated_alias_of_train_steps():
+    with pytest.warns(DeprecationWarning, match="train_steps"):
+        recipe = parse_recipe({"steps": [{"method": "perp", "steps": 7}]})
+    assert recipe.steps[0].train_steps == 7
+    assert recipe.to_json_dict()["steps"][0]["train_steps"] == 7
+    with pytest.raises(ValidationError, match="give only train_steps"):
+        parse_recipe({"steps": [{"method": "perp", "steps": 7, "train_steps": 8}]})
 
 
 # ---- adapters on tiny models -----------------------------------------------------------------
@@ -211,7 +227,7 @@ def test_every_mode_keeps_masks_and_lowers_loss(arch, mode, fixed_windows):
         run_magnitude(model, MagnitudeConfig(pattern="2:4", scope="row"), context)
     before = _patterns(model)
     loss_before = _lm_loss(model, fixed_windows)
-    config = PerpConfig(mode=mode, steps=12, rank=4, alpha=8.0, lr=1e-2, batch_size=4,
+    config = PerpConfig(mode=mode, train_steps=12, rank=4, alpha=8.0, lr=1e-2, batch_size=4,
                         seqlen=32, schedule="constant")
     result = run_perp(model, config, context)
 
@@ -222,9 +238,10 @@ def test_every_mode_keeps_masks_and_lowers_loss(arch, mode, fixed_windows):
         assert all(nm_groups_valid(weight_matrix(layer), 2, 4)
                    for layer in select_layers(model).values())
     assert _lm_loss(model, fixed_windows) < loss_before
-    section = result.sections["retraining"]
+    section = result.section
     assert section["steps"] == 12 and section["tokens"] == 12 * 4 * 32
-    assert len(section["loss_curve"]) == 12
+    [chart] = result.charts
+    assert chart.id == "perp-loss" and len(chart.series[0].points) == 12
     assert 0 < section["trainable_percent"] < 100
     assert all(not p.requires_grad for p in model.parameters())
 
@@ -237,10 +254,10 @@ def test_gradient_checkpointing_trains_the_same_parameters(fixed_windows):
         model = tiny_model("llama")
         context = StepContext(model_source=None, tokenizer=None, evaluation=NO_EVAL)
         run_magnitude(model, MagnitudeConfig(sparsity=0.5), context)
-        config = PerpConfig(mode="masklora", steps=3, rank=4, lr=1e-2, batch_size=4, seqlen=32,
-                            gradient_checkpointing=checkpointing)
-        curve = run_perp(model, config, context).sections["retraining"]["loss_curve"]
-        results.append([loss for _step, loss in curve])
+        config = PerpConfig(mode="masklora", train_steps=3, rank=4, lr=1e-2, batch_size=4,
+                            seqlen=32, gradient_checkpointing=checkpointing)
+        [chart] = run_perp(model, config, context).charts
+        results.append([loss for _step, loss in chart.series[0].points])
         assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert results[0] == pytest.approx(results[1], rel=1e-4)
 
@@ -250,7 +267,8 @@ def test_norms_mode_trains_only_biases_and_norms(fixed_windows):
     context = StepContext(model_source=None, tokenizer=None, evaluation=NO_EVAL)
     run_magnitude(model, MagnitudeConfig(sparsity=0.5), context)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
-    run_perp(model, PerpConfig(mode="norms", steps=3, lr=1e-2, batch_size=4, seqlen=32), context)
+    config = PerpConfig(mode="norms", train_steps=3, lr=1e-2, batch_size=4, seqlen=32)
+    run_perp(model, config, context)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, original[n])}
     assert changed, "nothing trained"
     assert all(n.endswith("bias") or ".ln_" in n for n in changed), changed
@@ -265,9 +283,9 @@ def test_reconstruct_fits_each_block_and_keeps_nm(tiny_llama_folder):
                           calibration=CalibrationConfig(samples=4, seqlen=64), evaluation=NO_EVAL)
     run_wanda(model, WandaConfig(pattern="2:4"), context)
     before = _patterns(model)
-    config = PerpConfig(mode="masklora", objective="reconstruct", steps=8, rank=4, lr=5e-3,
+    config = PerpConfig(mode="masklora", objective="reconstruct", train_steps=8, rank=4, lr=5e-3,
                         batch_size=2, seqlen=64, schedule="constant")
-    section = run_perp(model, config, context).sections["retraining"]
+    section = run_perp(model, config, context).section
     assert all(torch.equal(before[n], m) for n, m in _patterns(model).items())
     blocks = section["block_losses"]
     assert [b["block"] for b in blocks] == ["model.layers.0", "model.layers.1"]
@@ -282,14 +300,15 @@ def test_report_section_through_the_pipeline(tiny_gpt2_folder, tmp_path, monkeyp
 
     recipe = parse_recipe({
         "steps": [{"method": "magnitude", "sparsity": 0.5},
-                  {"method": "perp", "mode": "lora", "steps": 2, "seqlen": 32, "rank": 2}],
+                  {"method": "perp", "mode": "lora", "train_steps": 2, "seqlen": 32, "rank": 2}],
         **SMALL_BUDGETS,
     })
     pipeline_measurements = []
     measure = pipeline.perplexity
     monkeypatch.setattr(pipeline, "perplexity",
                         lambda *a, **k: pipeline_measurements.append(1) or measure(*a, **k))
-    report = compressors.compress(tiny_gpt2_folder, recipe, tmp_path / "out", device="cpu")
+    out = tmp_path / "out"
+    report = compressors.compress(tiny_gpt2_folder, recipe, out, device="cpu").to_json()
     # PERP measured the final model already: the pipeline measures only the dense one.
     assert len(pipeline_measurements) == 1
     assert report["metrics"]["after"]["perplexity"] == (
@@ -310,8 +329,8 @@ def test_smollm2_masklora_recovers_and_keeps_masks(smollm2_path):
                           calibration=small.calibration, evaluation=small.evaluation)
     run_wanda(model, WandaConfig(sparsity=0.5), context)
     before = _patterns(model)
-    config = PerpConfig(mode="masklora", steps=4, seqlen=128, batch_size=2, lr=1e-3, rank=8)
-    section = run_perp(model, config, context).sections["retraining"]
+    config = PerpConfig(mode="masklora", train_steps=4, seqlen=128, batch_size=2, lr=1e-3, rank=8)
+    section = run_perp(model, config, context).section
 
     assert all(torch.equal(before[n], m) for n, m in _patterns(model).items())
     for layer in select_layers(model).values():  # wanda 50%: exactly half of every row

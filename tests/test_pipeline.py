@@ -8,8 +8,8 @@ import sys
 import pytest
 
 import compressors
+from compressors.methods import METHODS
 from compressors.recipe import parse_recipe
-from compressors.registry import METHODS
 from tests.conftest import SMALL_BUDGETS
 
 
@@ -34,7 +34,8 @@ def test_cli_bad_recipe_exits_2_naming_the_field(tmp_path):
 def test_encoder_is_pruned_without_perplexity(tmp_path):
     recipe = parse_recipe({"steps": [{"method": "magnitude", "sparsity": 0.3}],
                            **SMALL_BUDGETS})
-    report = compressors.compress("all-minilm-l6-v2", recipe, tmp_path / "minilm", device="cpu")
+    out = tmp_path / "minilm"
+    report = compressors.compress("all-minilm-l6-v2", recipe, out, device="cpu").to_json()
     assert report["metrics"]["after"]["perplexity"] is None
     assert abs(report["sparsity"]["total"] - 0.3) < 1e-3
     model = compressors.load(tmp_path / "minilm")
@@ -67,3 +68,24 @@ def test_overwrite_replaces_atomically(tmp_path, tiny_llama_folder):
     compressors.compress(tiny_llama_folder, recipe, out, device="cpu", overwrite=True)
     assert not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_published_configs_never_ask_for_remote_code(tiny_llama_folder, tmp_path):
+    """A source config with `auto_map` / `trust_remote_code` (a server model, say) publishes
+    a checkpoint whose configs have neither: nothing invites a user to run shipped code."""
+    import json
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_llama_folder, source)
+    config = json.loads((source / "config.json").read_text())
+    config.update(auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"},
+                  trust_remote_code=True)
+    (source / "config.json").write_text(json.dumps(config))
+    recipe = parse_recipe({"steps": [{"method": "magnitude", "sparsity": 0.5}],
+                           "calibration": {"samples": 2, "seqlen": 32},
+                           "evaluation": {"windows": 1, "seqlen": 32}})
+    compressors.compress(source, recipe, tmp_path / "out", device="cpu")
+    published = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "auto_map" not in published and "trust_remote_code" not in published
+    assert compressors.publish.verify_manifest(tmp_path / "out")

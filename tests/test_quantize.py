@@ -16,14 +16,15 @@ from pydantic import ValidationError
 from torch import nn
 
 import compressors
-from compressors.context import StepContext
+from compressors.engine.context import StepContext
+from compressors.engine.layers import dense_weight, is_packed, memory_footprint
+from compressors.engine.modules import weight_matrix
 from compressors.evaluate import parameter_counts, sparsity_report
-from compressors.model_io import save_checkpoint
-from compressors.modules import dense_weight, is_quantized, weight_matrix
-from compressors.quantization import QuantizeConfig
-from compressors.quantization.layers import bnb_layers, corrections, memory_footprint
-from compressors.quantization.lorc import corrected, low_rank_factors, relative_error
-from compressors.quantization.quantize import run_quantize
+from compressors.io.loading import save_checkpoint
+from compressors.methods.quantize.config import QuantizeConfig
+from compressors.methods.quantize.layers import bnb_layers, corrections
+from compressors.methods.quantize.lorc import corrected, low_rank_factors, relative_error
+from compressors.methods.quantize.step import run as run_quantize
 from compressors.recipe import parse_recipe
 from tests.conftest import SMALL_BUDGETS, tiny_model
 
@@ -40,7 +41,7 @@ def quantize(model: nn.Module, **options) -> tuple[nn.Module, dict]:
     context = StepContext(model_source=Path("."), tokenizer=None)
     result = run_quantize(model, QuantizeConfig(**options), context)
     assert result.model is not None
-    return result.model, result.sections["quantization"]
+    return result.model, result.section
 
 
 def logits(model: nn.Module, seed: int = 0, vocab: int = 256) -> torch.Tensor:
@@ -102,7 +103,8 @@ def test_lorc_correction_moves_weight_towards_the_original():
         ({"blocksize": 100}, "blocksize"),
         ({"threshold": -1.0}, "threshold"),
         ({"lorc_rank": -2}, "lorc_rank"),
-        ({"skip": ["(unclosed"]}, "skip"),
+        ({"exclude": ["(unclosed"]}, "exclude"),
+        ({"skip": ["(unclosed"]}, "exclude"),
         ({"compute_dtype": "float64"}, "compute_dtype"),
         ({"bogus": 1}, "bogus"),
     ],
@@ -113,11 +115,19 @@ def test_invalid_options_name_their_field(step, field):
     assert field in str(error.value)
 
 
-def test_defaults_skip_head_and_embeddings():
+def test_defaults_quantize_block_layers_only():
     config = QuantizeConfig()
     assert (config.bits, config.quant_type, config.threshold, config.lorc_rank) == (4, "nf4",
                                                                                      6.0, 0)
-    assert config.skip == ["lm_head", "embed"]
+    assert config.include is None and config.exclude is None
+
+
+def test_skip_is_a_deprecated_alias_of_exclude():
+    with pytest.warns(DeprecationWarning, match="skip"):
+        config = QuantizeConfig.model_validate({"skip": [r"mlp\."]})
+    assert config.exclude == [r"mlp\."]
+    with pytest.raises(ValidationError, match="give only exclude"):
+        QuantizeConfig.model_validate({"skip": ["a"], "exclude": ["b"]})
 
 
 # ---------------------------------------------------------------- tiny models
@@ -132,7 +142,7 @@ def test_scheme_quantizes_and_reloads_to_same_logits(scheme, arch, tmp_path):
 
     layers = dict(bnb_layers(model))
     assert len(layers) == section["quantized_layers"] == (14 if arch == "llama" else 8)
-    assert not is_quantized(model.lm_head) and section["skipped_layers"] == ["lm_head"]
+    assert not is_packed(model.lm_head) and section["skipped_layers"] == ["lm_head"]
     expected = "Linear8bitLt" if scheme == "int8" else "Linear4bit"
     assert {type(layer).__name__ for layer in layers.values()} == {expected}
     before = logits(model)  # the first forward repacks 4-bit weights on AVX512-BF16 CPUs
@@ -190,13 +200,13 @@ def test_dense_weight_is_stable_across_cpu_repacking():
         weight_matrix(model.model.layers[0].mlp.up_proj)
 
 
-def test_skip_patterns_keep_layers_dense():
-    model, section = quantize(tiny_model("llama"), skip=["lm_head", r"mlp\."])
+def test_exclude_patterns_keep_layers_dense():
+    model, section = quantize(tiny_model("llama"), exclude=[r"mlp\."])
     assert section["quantized_layers"] == 8
     assert all("mlp" not in name for name, _ in bnb_layers(model))
     assert type(model.model.layers[0].mlp.up_proj) is nn.Linear
-    with pytest.raises(ValueError, match="skip"):
-        quantize(tiny_model("llama"), skip=["."])
+    with pytest.raises(ValueError, match="include/exclude"):
+        quantize(tiny_model("llama"), exclude=["."])
 
 
 def test_blocksize_is_used_and_must_divide_inputs(tmp_path):
@@ -247,7 +257,7 @@ def test_lorc_lowers_every_layer_error_and_reloads(bits, tmp_path):
 
 
 def test_pruned_zeros_survive_quantization():
-    from compressors.pruning.masks import choose_mask
+    from compressors.ops.masks import choose_mask
 
     dense = tiny_model("gpt2")
     for name, layer in dense.named_modules():
@@ -258,13 +268,14 @@ def test_pruned_zeros_survive_quantization():
         model, section = quantize(copy.deepcopy(dense), **options)
         assert section["zeros_before"] > 0
         assert section["zeros_kept"] == section["zeros_before"]
-        assert sparsity_report(model)["total"] >= 0.5
+        assert sparsity_report(model).total >= 0.5
 
 
 def test_pipeline_report_on_tiny_model(tiny_llama_folder, tmp_path):
     recipe = parse_recipe({"steps": [{"method": "magnitude", "sparsity": 0.5},
                                      {"method": "quantize", "lorc_rank": 4}], **SMALL_BUDGETS})
-    report = compressors.compress(tiny_llama_folder, recipe, tmp_path / "out", device="cpu")
+    out = tmp_path / "out"
+    report = compressors.compress(tiny_llama_folder, recipe, out, device="cpu").to_json()
     quant = report["quantization"]
     assert quant["zeros_kept"] == quant["zeros_before"] > 0
     assert report["sparsity"]["total"] >= 0.5
@@ -281,13 +292,14 @@ def test_pipeline_report_on_tiny_model(tiny_llama_folder, tmp_path):
 @pytest.mark.real_model
 @pytest.mark.parametrize(("scheme", "max_ratio"), [("int8", 1.03), ("nf4", 1.25)])
 def test_smollm2_quantized_perplexity_and_reload(scheme, max_ratio, smollm2_path, tmp_path):
-    from compressors.calibration import EvaluationConfig, evaluation_windows
+    from compressors.engine.windows import evaluation_windows
     from compressors.evaluate import perplexity
+    from compressors.recipe.protocol import EvaluationConfig
 
     step = {"method": "quantize", **SCHEMES[scheme]}
     recipe = parse_recipe({"steps": [step], **SMALL_BUDGETS})
     out = tmp_path / "out"
-    report = compressors.compress(smollm2_path, recipe, out, device="cpu")
+    report = compressors.compress(smollm2_path, recipe, out, device="cpu").to_json()
     before, after = report["metrics"]["before"], report["metrics"]["after"]
     assert after["perplexity"] <= before["perplexity"] * max_ratio
     assert after["perplexity"] != before["perplexity"]
@@ -309,9 +321,9 @@ def test_smollm2_wanda_then_nf4_keeps_zeros(smollm2_path, tmp_path):
                                      {"method": "quantize", "quant_type": "nf4"}],
                            **SMALL_BUDGETS})
     out = tmp_path / "out"
-    report = compressors.compress(smollm2_path, recipe, out, device="cpu")
+    report = compressors.compress(smollm2_path, recipe, out, device="cpu").to_json()
     quant = report["quantization"]
     assert quant["zeros_kept"] == quant["zeros_before"] > 0
     assert report["sparsity"]["total"] >= 0.5
     reloaded = compressors.load(out)
-    assert sparsity_report(reloaded)["total"] >= 0.5
+    assert sparsity_report(reloaded).total >= 0.5

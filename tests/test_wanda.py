@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compressors.context import StepContext
-from compressors.modules import block_names, select_layers, weight_matrix
-from compressors.pruning.magnitude import MagnitudeConfig, run_magnitude
-from compressors.pruning.masks import row_mask, wanda_scores
-from compressors.pruning.wanda import WandaConfig, run_wanda
-from compressors.sequential import capture_block_inputs
+from compressors.engine.context import StepContext
+from compressors.engine.modules import block_names, select_layers, weight_matrix
+from compressors.engine.sequential import capture_block_inputs
+from compressors.methods.magnitude.config import MagnitudeConfig
+from compressors.methods.magnitude.step import run as run_magnitude
+from compressors.methods.wanda.config import WandaConfig
+from compressors.methods.wanda.step import run as run_wanda
+from compressors.ops.masks import row_mask, wanda_scores
 from tests.conftest import tiny_model
 
 
@@ -92,7 +94,7 @@ def test_later_blocks_see_pruned_earlier_blocks(tiny_causal):
     run_wanda(tiny_causal, WandaConfig(sparsity=0.6), _context(windows))
     captured = capture_block_inputs(tiny_causal, windows, batch_size=4)[0].hidden
     with torch.no_grad():
-        from compressors.modules import find_blocks
+        from compressors.engine.modules import find_blocks
 
         _, blocks = find_blocks(tiny_causal)
         seen = []

@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
 
-from service.jobs import JobStore, utcnow
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from compressors.progress import ProgressEvent
+from jobs.records import JobState, JobUpdate
+from jobs.store import JobStore
 
 _MIN_WRITE_GAP = 0.5
 
@@ -24,7 +28,7 @@ class ProgressWriter:
 
     def __init__(self, store: JobStore, job_id: str, attempt: int, interval: float) -> None:
         self.store, self.job_id, self.attempt, self.interval = store, job_id, attempt, interval
-        self.state: dict[str, Any] = {"stage": "loading", "progress": 0.0, "message": "starting"}
+        self.state = JobUpdate(stage="loading", progress=0.0, message="starting")
         self._last_write = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -39,19 +43,24 @@ class ProgressWriter:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def __call__(self, event: Any) -> None:
-        """Receives `compressors.progress.ProgressEvent`s."""
-        changed = event.stage != self.state["stage"]
-        self.state = {"stage": event.stage, "progress": round(event.progress, 4),
-                      "message": event.message or self.state["message"]}
+    def __call__(self, event: ProgressEvent) -> None:
+        """The library's progress callback."""
+        changed = event.stage != self.state.stage
+        self.state = JobUpdate(stage=event.stage, progress=round(event.progress, 4),
+                               message=event.message or self.state.message)
         if changed or time.monotonic() - self._last_write >= _MIN_WRITE_GAP:
             self.write()
 
     def write(self) -> bool:
+        """False only when the store refused the write (cancelled or superseded); with Redis
+        away the job goes on, and the next beat writes again."""
         with self._lock:
             self._last_write = time.monotonic()
-            done = self.store.update(self.job_id, {**self.state, "updated_at": utcnow()},
-                                     if_state=("running",), if_attempt=self.attempt)
+            try:
+                done = self.store.update(self.job_id, self.state, if_state=(JobState.running,),
+                                         if_attempt=self.attempt)
+            except (RedisConnectionError, RedisTimeoutError):
+                return True
         return done is not None
 
     def _beat(self) -> None:

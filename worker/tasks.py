@@ -1,23 +1,42 @@
 """The functions RQ runs: `run_job` in the work horse, `on_rq_failure` after a lost worker.
 
-`run_job` never raises: it records its own failures (bad model, timeout, out of memory) as the
-job's `failed` state, so RQ's bounded Retry is left to mean one thing only, "the process running
-this job died". torch and the library are imported inside the job, never at module level, so the
-RQ parent process that imports this module never initialises CUDA.
+Their dotted names are `jobs.queue.TASK` and `jobs.queue.ON_FAILURE`; moving or renaming one
+means changing that constant (the worker refuses to start until both resolve here).
+
+`run_job` records its own failures (bad model, timeout, out of memory) as the job's `failed`
+state, then fails in RQ too (`JobFailed`, with the RQ job's retries spent first), so `rq info`
+and RQ's dashboards count it failed, and RQ's bounded Retry is left to mean one thing only,
+"the process running this job died". A Redis outage while a job runs does not lose its end:
+the final write waits for Redis to come back. torch and the library are imported inside the
+job, never at module level, so the RQ parent process that imports this module never
+initialises CUDA.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from service import artifacts
-from service.connection import redis_client
-from service.jobs import ACTIVE, JobStore, utcnow
-from service.settings import Settings, get_settings
+from jobs import artifacts
+from jobs.connection import redis_client
+from jobs.policy import model_source_allowed, recipe_violations, text_roots
+from jobs.records import ACTIVE, JobMetrics, JobRecord, JobState, JobUpdate, utcnow
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
 from worker.progress import ProgressWriter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressors.report import CompressionReport
+
+RUNNING = (JobState.running,)
+REDIS_WAIT_S = 600.0  # how long a finished job waits for Redis to record its end
+
+
+class JobFailed(Exception):
+    """Raised after a failure is recorded, so RQ marks its job failed (never retried)."""
 
 
 def _store(settings: Settings) -> JobStore:
@@ -29,31 +48,71 @@ def run_job(job_id: str) -> str:
     settings = get_settings()
     store = _store(settings)
     record = store.get(job_id)
-    if record is None or record["state"] not in ACTIVE:
+    if record is None or record.state not in ACTIVE:
         return "skipped"
-    attempt = int(record["attempt"]) + 1
-    started = store.update(job_id, {
-        "state": "running", "attempt": attempt, "stage": "loading", "progress": 0.0,
-        "message": f"attempt {attempt} started", "started_at": record["started_at"] or utcnow(),
-        "worker": os.environ.get("RQ_WORKER_ID"), "updated_at": utcnow(), "error": None,
-    }, if_state=ACTIVE)
+    attempt = record.attempt + 1
+    started = store.update(job_id, JobUpdate(
+        state=JobState.running, attempt=attempt, stage="loading", progress=0.0,
+        message=f"attempt {attempt} started", started_at=utcnow(), finished_at=None,
+        worker=os.environ.get("RQ_WORKER_ID"), error=None,
+    ), if_state=ACTIVE)
     if started is None:
         return "skipped"
     began = time.monotonic()
     with ProgressWriter(store, job_id, attempt, settings.progress_interval) as progress:
         try:
             report = _compress_or_reuse(settings, record, progress)
+            metrics = JobMetrics.from_report(report)
         except Exception as exc:  # recorded for the user; RQ must not retry a bad job
-            _finish_failed(store, job_id, attempt, exc)
-            return "failed"
-    return _finish_succeeded(store, settings, record, attempt, report, time.monotonic() - began)
+            said = describe_failure(exc)
+            _when_redis_is_back(_finish_failed, store, job_id, attempt, said)
+            _no_retry_in_rq()
+            raise JobFailed(said) from None
+    chosen = _chosen_recipe(report) if record.goal is not None else None
+    return _when_redis_is_back(_finish_succeeded, store, settings, record, attempt, metrics,
+                               time.monotonic() - began, chosen)
 
 
-def _compress_or_reuse(settings: Settings, record: dict[str, Any], progress: Any) -> dict:
-    """Publish the artifact, or reuse one a previous attempt completed before it died."""
-    destination = artifacts.artifact_dir(settings, record["id"])
-    if destination.exists() and artifacts.verify(destination):
-        return json.loads((destination / artifacts.REPORT).read_text(encoding="utf-8"))
+def _chosen_recipe(report: CompressionReport | dict[str, Any]) -> dict[str, Any]:
+    """A goal job's published recipe (what its search chose), for the job record."""
+    return report["recipe"] if isinstance(report, dict) else report.recipe
+
+
+def _when_redis_is_back(write: Any, *args: Any) -> Any:
+    """Run a final write, retrying with backoff while Redis is unreachable (restarting)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    deadline, pause = time.monotonic() + REDIS_WAIT_S, 0.5
+    while True:
+        try:
+            return write(*args)
+        except (RedisConnectionError, RedisTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+
+def _no_retry_in_rq() -> None:
+    """RQ retries a failed job while it has retries left; a recorded failure is final."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is not None:
+        job.retries_left = 0
+
+
+def _compress_or_reuse(settings: Settings, record: JobRecord,
+                       progress: ProgressWriter) -> CompressionReport | dict[str, Any]:
+    """The report of the published artifact: reused if a previous attempt completed it.
+
+    `compress` checks the recipe's texts against the same roots as the API did before it reads
+    anything (the policy may have changed since submission); a refusal fails the job.
+    """
+    destination = artifacts.artifact_dir(settings, record.id)
+    if destination.exists() and artifacts.verify_manifest(destination):
+        return json.loads((destination / artifacts.REPORT_FILE).read_text(encoding="utf-8"))
     if destination.exists():
         artifacts.remove(destination)  # unverifiable: never serve half of one
     import torch
@@ -61,72 +120,117 @@ def _compress_or_reuse(settings: Settings, record: dict[str, Any], progress: Any
     from compressors.pipeline import compress
     from compressors.recipe import parse_recipe
 
+    recipe = parse_recipe(record.recipe) if record.goal is None else None
+    # The service's full policy, again here, on whatever the job carries (a recipe or a goal).
+    violations = recipe_violations(settings, recipe if recipe is not None else _goal(record))
+    if violations:
+        loc, message = violations[0]
+        raise PermissionError(f"{'.'.join(map(str, loc))}: {message}")
+    if not model_source_allowed(settings, record.owner, record.model_path or record.model):
+        raise PermissionError("model: not a bundled model, one of the owner's uploads, or a "
+                              "model under an allowed server folder")
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    recipe = parse_recipe(record["recipe"])
-    return compress(record.get("model_path") or record["model"], recipe, destination,
-                    progress=progress, device=settings.device, model_name=record["model"])
+    if recipe is None:
+        return _search(settings, record, destination, progress)
+    return compress(record.model_path or record.model, recipe, destination,
+                    progress=progress, device=settings.device, model_name=record.model,
+                    allowed_text_roots=text_roots(settings))
 
 
-def _finish_failed(store: JobStore, job_id: str, attempt: int, exc: BaseException) -> None:
-    message = f"{type(exc).__name__}: {exc}"
-    store.update(job_id, {"state": "failed", "error": message[:4000], "message": "failed",
-                          "finished_at": utcnow(), "updated_at": utcnow()},
-                 if_state=("running",), if_attempt=attempt)
+_PATH = re.compile(r"(?<![\w.:/-])(?:~|\.{1,2})?(?:/[\w.@+=,-]+)+/?")
+_CODE_IN_PICKLE = ("Weights only load failed", "weights_only", "Unsupported global",
+                   "UnpicklingError")
 
 
-def _finish_succeeded(
-    store: JobStore, settings: Settings, record: dict[str, Any], attempt: int,
-    report: dict[str, Any], seconds: float,
-) -> str:
-    done = store.update(record["id"], {
-        "state": "succeeded", "stage": "saving", "progress": 1.0, "message": "done",
-        "finished_at": utcnow(), "updated_at": utcnow(), "metrics": metrics_summary(report),
-        "artifact": True,
-    }, if_state=("running",), if_attempt=attempt)
+def describe_failure(exc: BaseException) -> str:
+    """What the job record says of a failure: the exception's type and message, with every
+    server path cut to its last part (a user never learns the server's layout), and a pickle
+    that torch refused said for what it is; never advice to load it unsafely."""
+    text = f"{type(exc).__name__}: {exc}"
+    if any(marker in text for marker in _CODE_IN_PICKLE):
+        return ("RefusedWeights: a .bin weight file was refused because it contains code "
+                "(pickled objects other than tensors), which this service never runs; "
+                "publish the weights as .safetensors")
+    return _PATH.sub(_last_part, text)[:4000]
+
+
+def _last_part(match: re.Match[str]) -> str:
+    name = match.group(0).rstrip("/").rsplit("/", 1)[-1]
+    return f"…/{name}" if name else "…"
+
+
+def _goal(record: JobRecord) -> Any:
+    from compressors.search.goal import Goal
+
+    return Goal.model_validate(record.goal)
+
+
+def _search(settings: Settings, record: JobRecord, destination: Any,
+            progress: ProgressWriter) -> CompressionReport | dict[str, Any]:
+    """A goal job: the search measures, allocates, verifies and publishes the chosen recipe
+    (`compressors.search.run_search`); a goal out of reach fails the job with the closest
+    candidate's numbers in the error."""
+    from compressors.search import Goal, run_search
+
+    result = run_search(record.model_path or record.model, Goal.model_validate(record.goal),
+                        destination, progress=progress, device=settings.device,
+                        model_name=record.model, allowed_text_roots=text_roots(settings))
+    return result.report
+
+
+def _finish_failed(store: JobStore, job_id: str, attempt: int, said: str) -> None:
+    store.update(job_id, JobUpdate(state=JobState.failed, error=said, message="failed",
+                                   finished_at=utcnow()),
+                 if_state=RUNNING, if_attempt=attempt)
+
+
+def _finish_succeeded(store: JobStore, settings: Settings, record: JobRecord, attempt: int,
+                      metrics: JobMetrics, seconds: float,
+                      chosen: dict[str, Any] | None = None) -> str:
+    change = JobUpdate(state=JobState.succeeded, stage="saving", progress=1.0, message="done",
+                       finished_at=utcnow(), metrics=metrics, artifact=True)
+    if chosen is not None:
+        change.recipe = chosen
+    done = store.update(record.id, change, if_state=RUNNING, if_attempt=attempt)
     if done is None:
         # Cancelled (or superseded) while publishing: a cancelled job keeps no artifact.
-        latest = store.get(record["id"])
-        if latest is None or latest["state"] == "cancelled":
-            artifacts.remove(artifacts.artifact_dir(settings, record["id"]))
+        latest = store.get(record.id)
+        if latest is None or latest.state == JobState.cancelled:
+            artifacts.remove(artifacts.artifact_dir(settings, record.id))
         return "superseded"
-    store.add_method_seconds(record["methods"], seconds)
+    store.add_method_seconds(record.methods, seconds)
     return "succeeded"
 
 
-def metrics_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """Scalar before/after metrics and overall sparsity: what a job list shows."""
-    def scalars(section: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in section.items() if isinstance(v, int | float) or v is None}
+def recorded_state(job_id: str) -> JobState | None:
+    """The state the service's record holds (the RQ parent asks after a stopped job)."""
+    record = _store(get_settings()).get(job_id)
+    return record.state if record is not None else None
 
-    metrics = report.get("metrics", {})
-    sparsity = report.get("sparsity", {})
-    return {
-        "before": scalars(metrics.get("before", {})),
-        "after": scalars(metrics.get("after", {})),
-        "sparsity": sparsity.get("total"),
-        "model_sparsity": sparsity.get("model"),
-        "seconds_total": report.get("seconds_total"),
-    }
+
+def discard_leftovers(job_id: str) -> None:
+    """The job's process is gone for good: no half-written staging folder may remain."""
+    artifacts.discard_leftovers(get_settings(), job_id)
 
 
 def record_lost_worker(job_id: str, will_retry: bool, reason: str) -> None:
     """Bring the record in line after RQ saw the job's process die (retry or final failure)."""
-    settings = get_settings()
-    store = _store(settings)
-    if will_retry:
-        store.update(job_id, {"state": "queued", "message": f"{reason}; retrying",
-                              "updated_at": utcnow()}, if_state=ACTIVE)
+    store = _store(get_settings())
+    if will_retry:  # waiting to run again: nothing of the lost attempt's progress stands
+        change = JobUpdate(state=JobState.queued, stage=None, progress=0.0,
+                           message=f"{reason}; retrying")
     else:
-        store.update(job_id, {"state": "failed", "error": reason, "message": "failed",
-                              "finished_at": utcnow(), "updated_at": utcnow()}, if_state=ACTIVE)
+        change = JobUpdate(state=JobState.failed, error=reason, message="failed",
+                           finished_at=utcnow())
+    store.update(job_id, change, if_state=ACTIVE)
 
 
 def on_rq_failure(job: Any, connection: Any, exc_type: Any, exc: Any, tb: Any) -> None:
-    """RQ failure callback; reached when a sweep finds the job abandoned by a dead worker.
+    """RQ failure callback; reached when a sweep finds the job abandoned by a dead worker,
+    and after `run_job` raised `JobFailed` (its record is final then, so nothing changes).
 
     It runs before RQ decides on a retry, so `retries_left` still counts this one.
     """
     will_retry = bool(job.retries_left and job.retries_left > 0)
     record_lost_worker(job.id, will_retry, f"worker lost ({getattr(exc_type, '__name__', exc)})")
-

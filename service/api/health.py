@@ -7,41 +7,46 @@ counts every owner's jobs, which one team's key should not see.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from service import metrics
-from service import queue as rq_queue
+from jobs import queue as rq_queue
+from service import errors, metrics
 from service.api.deps import AdminDep
+from service.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, Any]:
+def healthz() -> Health:
     """The process is up and serving."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Redis down or no worker"}})
 def readyz(request: Request) -> Response:
     """Ready when Redis answers and at least one worker's heartbeat is fresh."""
     state = request.app.state
     try:
         state.redis.ping()
-        fresh = rq_queue.fresh_workers(state.redis, state.queue, state.settings.worker_ttl + 15)
+        fresh = rq_queue.fresh_workers(state.queue, state.settings.worker_ttl + 15)
     except Exception as exc:  # any Redis failure means not ready
-        return JSONResponse({"status": "unavailable", "redis": f"error: {exc}"},
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
-    body = {"status": "ready" if fresh else "no workers", "redis": "ok", "workers": fresh}
-    code = status.HTTP_200_OK if fresh else status.HTTP_503_SERVICE_UNAVAILABLE
-    return JSONResponse(body, status_code=code)
+        body = Readiness(status="unavailable", redis=f"error: {exc}")
+        return _readiness(body, status.HTTP_503_SERVICE_UNAVAILABLE)
+    body = Readiness(status="ready" if fresh else "no workers", redis="ok", workers=fresh)
+    return _readiness(body, status.HTTP_200_OK if fresh else status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+def _readiness(body: Readiness, code: int) -> JSONResponse:
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=code)
+
+
+@router.get("/metrics", responses={**errors.responses(401, 403, 503), 200: {
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+    "description": "Prometheus text exposition format"}})
 def prometheus(request: Request, _: AdminDep) -> PlainTextResponse:
     state = request.app.state
-    text = metrics.render(state.redis, state.store, state.queue)
+    text = metrics.render(state.store, state.queue)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
-from service import artifacts, events
-from service import models as model_registry
-from service import queue as rq_queue
+from compressors.recipe.schema import Recipe
+from compressors.report.schema import CompressionReport
+from jobs import artifacts, model_registry
+from jobs import queue as rq_queue
+from jobs.admission import LimitsCache, admission_errors
+from jobs.connection import execute_recorded
+from jobs.policy import recipe_violations
+from jobs.records import (
+    ACTIVE,
+    FINISHED,
+    JobLinks,
+    JobRecord,
+    JobState,
+    JobUpdate,
+    JobView,
+    utcnow,
+)
+from jobs.settings import Settings
+from jobs.store import JobStore
+from service import errors, events, quotas
 from service.api.deps import (
+    AsyncRedisDep,
     PrincipalDep,
     QueueDep,
     RedisDep,
@@ -19,147 +41,153 @@ from service.api.deps import (
     StoreDep,
     visible_job,
 )
-from service.connection import async_redis, execute_recorded
-from service.jobs import ACTIVE, FIELDS, FINISHED, STATES, new_job_id, new_record
-from service.settings import Settings
+from service.api.schemas import FileEntry, FileList, JobPage, JobSubmission
+from service.auth import Principal
 
 router = APIRouter(tags=["jobs"])
+NOT_FOUND = errors.responses(404)
+CONFLICT = errors.responses(404, 409)
 
 
-class JobSubmission(BaseModel):
-    """What a client posts; the recipe is validated by the library's own pydantic models."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1, max_length=4096,
-                       description="registry name (GET /models) or allowed server path")
-    recipe: dict[str, Any] = Field(description="steps + calibration/evaluation, see /methods")
-    name: str = Field("", max_length=200, description="a label for people")
+def _unprocessable(errors: list[dict[str, Any]] | str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
 
 
-def links(job_id: str) -> dict[str, str]:
-    base = f"/api/v1/jobs/{job_id}"
-    return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel",
-            "report": f"{base}/report", "artifact": f"{base}/artifact", "files": f"{base}/files"}
+def _recipe_error(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, Any]:
+    return {"loc": ["body", "recipe", *loc], "msg": msg, "type": kind}
 
 
-def public(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as clients see it: server paths hidden, links added."""
-    shown = {k: record.get(k) for k in FIELDS}
-    shown["links"] = links(record["id"])
-    return shown
+def _validated_recipe(settings: Settings, recipe: Recipe) -> Recipe:
+    """The recipe (already parsed, as the body's typed field) if this server may run it:
+    the file policy and the size bound; otherwise a 422 that names each bad field."""
+    violations = recipe_violations(settings, recipe)
+    if violations:
+        raise _unprocessable([_recipe_error(loc, msg) for loc, msg in violations])
+    size = len(json.dumps(recipe.to_json_dict()))
+    if size > settings.max_recipe_bytes:
+        raise _unprocessable([_recipe_error((), f"the recipe is {size} bytes as JSON; the bound "
+                                            f"is {settings.max_recipe_bytes} (MAX_RECIPE_BYTES)")])
+    return recipe
 
 
-def _recipe_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [{"loc": ["body", "recipe", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors(include_url=False, include_context=False)]
+def _admitted(limits: LimitsCache, model_path: str, recipe: Recipe) -> None:
+    """A 422 for a job this model or no worker could run (see `jobs.admission`)."""
+    errors = admission_errors(model_path, recipe, limits.get())
+    if errors:
+        raise _unprocessable([_recipe_error(loc, msg) for loc, msg in errors])
 
 
-def _validate_recipe(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
-    from compressors.recipe import parse_recipe
+async def _within_active_bound(settings: Settings, store: JobStore, aredis: Any,
+                               owner: str) -> None:
+    """429 when the key already has MAX_ACTIVE_JOBS_PER_KEY jobs queued or running."""
+    limit = settings.max_active_jobs_per_key
+    if await aredis.scard(store.keys.owner_active(owner)) < limit:
+        return
+    if await asyncio.to_thread(store.active_count, owner) >= limit:  # recount, pruned
+        raise quotas.too_many("queued or running jobs", limit, "MAX_ACTIVE_JOBS_PER_KEY")
+
+
+def _validated_goal(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
+    """The goal with defaults filled in, or a 422 that names each bad field; its texts pass
+    the same policy as a recipe's."""
+    from compressors.recipe import Recipe
+    from compressors.search.goal import Goal
 
     try:
-        recipe = parse_recipe(data)
+        goal = Goal.model_validate(data)
     except ValidationError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, _recipe_errors(exc)) from None
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    for section in ("calibration", "evaluation"):
-        text = getattr(recipe, section).text
-        if not text.startswith("sotu:"):
-            _check_text_path(settings, section, text)
-    return recipe.to_json_dict()
+        raise _unprocessable([
+            {"loc": ["body", "goal", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_context=False)]) from None
+    for field, calibration in (("sensitivity", goal.sensitivity),
+                               ("calibration", goal.calibration)):
+        probe = Recipe(steps=[{"method": "quantize"}], calibration=calibration,
+                       evaluation=goal.evaluation)
+        for loc, msg in recipe_violations(settings, probe):
+            where = [field, *loc[1:]] if loc and loc[0] == "calibration" else list(loc)
+            raise _unprocessable([{"loc": ["body", "goal", *where], "msg": msg,
+                                   "type": "value_error"}])
+    return goal.to_json_dict()
 
 
-def _check_text_path(settings: Settings, section: str, text: str) -> None:
-    """A recipe may name a text file only inside an allowed root (no reading /etc/...)."""
-    from pathlib import Path
-
-    real = Path(text).resolve()
-    if not any(real.is_relative_to(root) for root in settings.allowed_model_roots()):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            [{"loc": ["body", "recipe", section, "text"], "type": "value_error",
-              "msg": "text must be a built-in corpus (sotu:YYYY-YYYY) or a file under an "
-                     "allowed server folder"}],
-        )
+def _resolved_model(settings: Settings, owner: str, spec: str) -> str:
+    try:
+        return model_registry.resolve(settings, owner, spec)
+    except model_registry.UnknownModel as exc:
+        raise _unprocessable([{"loc": ["body", "model"], "msg": str(exc),
+                               "type": "value_error"}]) from None
 
 
-@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=None)
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobView)
 async def submit_job(body: JobSubmission, request: Request, principal: PrincipalDep,
-                     settings: SettingsDep, store: StoreDep, queue: QueueDep,
-                     redis: RedisDep) -> JSONResponse:
+                     settings: SettingsDep,
+                     store: StoreDep, queue: QueueDep, redis: RedisDep,
+                     aredis: AsyncRedisDep) -> Response:
     """Validate, then write the record and enqueue the RQ job in one Redis transaction.
 
     This is the hot path: it stays on the event loop (validation and model lookup are
-    microseconds; the writes go out through the asyncio client) and answers with a plain
-    JSONResponse, which skips FastAPI's re-encoding of the record.
+    microseconds; the writes go out through the asyncio client) and answers with the view's
+    own JSON, which skips FastAPI's second validation and encoding of the response model.
     """
-    recipe = _validate_recipe(settings, body.recipe)
-    try:
-        model_path = model_registry.resolve(settings, principal.name, body.model)
-    except model_registry.UnknownModel as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            [{"loc": ["body", "model"], "msg": str(exc), "type": "value_error"}],
-        ) from None
-    job_id = new_job_id()
-    record = new_record(job_id, principal.name, body.name, body.model, recipe,
-                        settings.job_retries + 1)
-    record["model_path"] = model_path
+    goal = _validated_goal(settings, body.goal) if body.goal is not None else None
+    recipe = _validated_recipe(settings, body.recipe) if body.recipe is not None else None
+    model_path = _resolved_model(settings, principal.name, body.model)
+    if recipe is not None:
+        _admitted(request.app.state.limits, model_path, recipe)
+    await _within_active_bound(settings, store, aredis, principal.name)
+    record = JobRecord.submitted(principal.name, body.name, body.model, model_path,
+                                 recipe.to_json_dict() if recipe is not None else {},
+                                 settings.job_retries + 1, goal=goal)
     recorded = redis.pipeline()
-    rq_queue.enqueue(queue, job_id, settings, pipeline=recorded)  # opens the MULTI
+    rq_queue.enqueue(queue, record.id, settings, pipeline=recorded)  # opens the MULTI
     store.create(record, pipeline=recorded)
-    await execute_recorded(async_redis(request.app.state), recorded)
-    return JSONResponse(public(record), status_code=status.HTTP_202_ACCEPTED,
-                        headers={"Location": links(job_id)["self"]})
+    await execute_recorded(aredis, recorded)
+    view = JobView.of(record)
+    return Response(view.model_dump_json(), status_code=status.HTTP_202_ACCEPTED,
+                    media_type="application/json", headers={"Location": view.links.self})
 
 
 @router.get("/jobs")
 def list_jobs(
     principal: PrincipalDep, store: StoreDep, settings: SettingsDep,
-    state: Annotated[str | None, Query(description="one of " + ", ".join(STATES))] = None,
+    state: Annotated[JobState | SkipJsonSchema[None],
+                     Query(description="only jobs in this state")] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> dict[str, Any]:
+) -> JobPage:
     """Newest first; an admin key lists every owner's jobs."""
-    if state is not None and state not in STATES:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"state must be one of {', '.join(STATES)}")
     limit = min(limit, settings.page_size_max)
     owner = None if principal.admin else principal.name
     records, total = store.list(owner, state, offset, limit)
-    return {"jobs": [public(r) for r in records], "total": total, "offset": offset,
-            "limit": limit}
+    return JobPage(jobs=[JobView.of(r) for r in records], total=total, offset=offset,
+                   limit=limit)
 
 
-@router.get("/jobs/{job_id}")
-def get_job(job_id: str, principal: PrincipalDep, store: StoreDep) -> dict[str, Any]:
-    return public(visible_job(store, principal, job_id))
+@router.get("/jobs/{job_id}", responses=NOT_FOUND)
+def get_job(job_id: str, principal: PrincipalDep, store: StoreDep) -> JobView:
+    return JobView.of(visible_job(store, principal, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", responses=CONFLICT)
 def cancel_job(job_id: str, principal: PrincipalDep, store: StoreDep,
-               redis: RedisDep) -> dict[str, Any]:
+               redis: RedisDep) -> JobView:
     """Queued: it never starts. Running: its process is killed. Finished: 409."""
-    from service.jobs import utcnow
-
     visible_job(store, principal, job_id)
-    updated = store.update(job_id, {"state": "cancelled", "message": "cancelled by user",
-                                    "finished_at": utcnow(), "updated_at": utcnow()},
-                           if_state=ACTIVE)
+    change = JobUpdate(state=JobState.cancelled, message="cancelled by user",
+                       finished_at=utcnow())
+    updated = store.update(job_id, change, if_state=ACTIVE)
     if updated is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "job already finished")
     rq_queue.cancel(redis, job_id)
-    return public(updated)
+    return JobView.of(updated)
 
 
-@router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=CONFLICT)
 def delete_job(job_id: str, principal: PrincipalDep, store: StoreDep, redis: RedisDep,
                settings: SettingsDep) -> Response:
     """Finished jobs only: removes the record, the RQ data and the artifact folder."""
     record = visible_job(store, principal, job_id)
-    if record["state"] not in FINISHED:
+    if record.state not in FINISHED:
         raise HTTPException(status.HTTP_409_CONFLICT, "cancel the job before deleting it")
     artifacts.remove(artifacts.artifact_dir(settings, job_id))
     rq_queue.delete_rq_job(redis, job_id)
@@ -167,41 +195,44 @@ def delete_job(job_id: str, principal: PrincipalDep, store: StoreDep, redis: Red
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/jobs/{job_id}/events")
-async def job_events(job_id: str, request: Request, principal: PrincipalDep) -> StreamingResponse:
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={**NOT_FOUND, 200: {"content": {"text/event-stream": {}},
+                             "description": "`job` events whose data is a JobView"}})
+async def job_events(job_id: str, request: Request, principal: PrincipalDep,
+                     store: StoreDep) -> StreamingResponse:
     """SSE: the current record, then every change, until the job ends."""
-    store = request.app.state.store
     visible_job(store, principal, job_id)
 
-    def initial() -> list[dict[str, Any]]:
+    def initial() -> list[JobRecord]:
         record = store.get(job_id)
         return [record] if record else []
 
-    stream = events.job_updates(
-        async_redis(request.app.state), store.keys.events(), lambda r: r.get("id") == job_id,
-        initial, request.is_disconnected, until_finished=True, decorate=public,
-    )
-    return StreamingResponse(stream, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await events.events_response(request, principal.name, lambda r: r.id == job_id, initial,
+                                 until_finished=True)
 
 
-def _published(settings: Settings, store: Any, principal: Any, job_id: str):
+
+def _published(settings: Settings, store: JobStore, principal: Principal, job_id: str) -> Path:
     record = visible_job(store, principal, job_id)
     folder = artifacts.artifact_dir(settings, job_id)
-    if record["state"] != "succeeded" or artifacts.manifest(folder) is None:
+    if record.state != JobState.succeeded or artifacts.read_manifest(folder) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            f"job {job_id} has no artifact (state: {record['state']})")
+                            f"job {job_id} has no artifact (state: {record.state})")
     return folder
 
 
-@router.get("/jobs/{job_id}/report")
+@router.get("/jobs/{job_id}/report", response_class=FileResponse,
+            responses={**NOT_FOUND, 200: {"model": CompressionReport,
+                             "description": "the job's compression_report.json, as written"}})
 def job_report(job_id: str, principal: PrincipalDep, store: StoreDep,
                settings: SettingsDep) -> FileResponse:
     folder = _published(settings, store, principal, job_id)
-    return FileResponse(folder / artifacts.REPORT, media_type="application/json")
+    return FileResponse(folder / artifacts.REPORT_FILE, media_type="application/json")
 
 
-@router.get("/jobs/{job_id}/artifact")
+@router.get("/jobs/{job_id}/artifact", response_class=StreamingResponse,
+            responses={**NOT_FOUND, 200: {"content": {"application/x-tar": {}},
+                             "description": "the checkpoint folder as an uncompressed tar"}})
 def job_artifact(job_id: str, principal: PrincipalDep, store: StoreDep,
                  settings: SettingsDep) -> StreamingResponse:
     """The checkpoint folder as an uncompressed .tar, streamed file by file."""
@@ -213,16 +244,18 @@ def job_artifact(job_id: str, principal: PrincipalDep, store: StoreDep,
     )
 
 
-@router.get("/jobs/{job_id}/files")
+@router.get("/jobs/{job_id}/files", responses=NOT_FOUND)
 def job_files(job_id: str, principal: PrincipalDep, store: StoreDep,
-              settings: SettingsDep) -> dict[str, Any]:
+              settings: SettingsDep) -> FileList:
     folder = _published(settings, store, principal, job_id)
-    base = links(job_id)["files"]
-    files = [{**f, "url": f"{base}/{f['path']}"} for f in artifacts.list_files(folder)]
-    return {"files": files}
+    base = JobLinks.for_job(job_id).files
+    return FileList(files=[FileEntry(**f.model_dump(), url=f"{base}/{f.path}")
+                           for f in artifacts.list_files(folder)])
 
 
-@router.get("/jobs/{job_id}/files/{path:path}")
+@router.get("/jobs/{job_id}/files/{path:path}", response_class=FileResponse,
+            responses={**NOT_FOUND, 200: {"content": {"application/octet-stream": {}},
+                                          "description": "one file of the artifact"}})
 def job_file(job_id: str, path: str, principal: PrincipalDep, store: StoreDep,
              settings: SettingsDep) -> FileResponse:
     folder = _published(settings, store, principal, job_id)

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from service import models as registry
+from jobs import model_registry as registry
+from jobs.settings import Settings
+from jobs.uploads import UnsafeArchive, unpack_model
+from service import errors
 from service.api.deps import PrincipalDep, SettingsDep
-from service.uploads import UnsafeArchive, unpack_model
+from service.api.schemas import ModelList, UploadedModel
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/models")
-def list_models(principal: PrincipalDep, settings: SettingsDep) -> dict[str, Any]:
-    return {"models": registry.list_models(settings, principal.name)}
+def list_models(principal: PrincipalDep, settings: SettingsDep) -> ModelList:
+    return ModelList(models=registry.list_models(settings, principal.name))
 
 
 async def _receive(request: Request, target: Path, limit: int) -> int:
@@ -44,19 +47,33 @@ async def _receive(request: Request, target: Path, limit: int) -> int:
     return received
 
 
-@router.post("/models", status_code=status.HTTP_201_CREATED)
+@router.post("/models", status_code=status.HTTP_201_CREATED,
+             responses=errors.responses(400, 409),
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/octet-stream": {"schema": {"type": "string",
+                                                         "format": "binary"}}}}})
 async def upload_model(
     request: Request, principal: PrincipalDep, settings: SettingsDep,
     name: Annotated[str, Query(pattern=registry.NAME.pattern, description="name to use in jobs")],
-) -> dict[str, Any]:
+) -> UploadedModel:
     """Body: an archive (tar, tar.gz, zip) of an HF model folder; `?name=` names it."""
-    if name in registry.bundled_names():
+    if name in registry.BUNDLED_MODELS:
         raise HTTPException(status.HTTP_409_CONFLICT, f"{name!r} is a bundled model's name")
     owner_dir = registry.owner_uploads(settings, principal.name)
     owner_dir.mkdir(parents=True, exist_ok=True)
     destination = owner_dir / name
     if destination.exists():
         raise HTTPException(status.HTTP_409_CONFLICT, f"model {name!r} exists; delete it first")
+    release = request.app.state.upload_leases.take(principal.name)
+    try:
+        return await _receive_and_unpack(request, settings, principal.name, name, owner_dir)
+    finally:
+        release()
+
+
+async def _receive_and_unpack(request: Request, settings: Settings, owner: str, name: str,
+                              owner_dir: Path) -> UploadedModel:
+    destination = owner_dir / name
     with tempfile.TemporaryDirectory(dir=owner_dir, prefix=".upload-") as scratch:
         archive = Path(scratch) / "archive"
         size = await _receive(request, archive, settings.max_upload_bytes)
@@ -67,10 +84,11 @@ async def upload_model(
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         except FileExistsError:
             raise HTTPException(status.HTTP_409_CONFLICT, f"model {name!r} exists") from None
-    return {"name": name, "kind": "uploaded", "owner": principal.name, "archive_bytes": size}
+    return UploadedModel(name=name, owner=owner, archive_bytes=size)
 
 
-@router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=errors.responses(404))
 def delete_model(name: str, principal: PrincipalDep, settings: SettingsDep) -> Response:
     """Only your own uploads; bundled and server models are not deletable over HTTP."""
     if not registry.NAME.match(name) or not registry.delete_upload(settings, principal.name,

@@ -6,29 +6,23 @@ that carry it; scripts on the page cannot read it (HttpOnly).
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.records import API_PREFIX
+from service import errors
+from service.api.schemas import Caller, SignIn
 from service.auth import clear_key_cookie, set_key_cookie
 
-router = APIRouter(prefix="/api/v1", tags=["session"])
+router = APIRouter(prefix=API_PREFIX, tags=["session"])
 
 
-class SignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    key: str = Field(min_length=1, max_length=200)
-
-
-@router.post("/session")
-def sign_in(body: SignIn, request: Request, response: Response) -> dict[str, Any]:
+@router.post("/session", responses=errors.responses(401, 413, 422, 503))
+def sign_in(body: SignIn, request: Request, response: Response) -> Caller:
     principal = request.app.state.keys.verify(body.key)
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
     set_key_cookie(response, body.key, request.app.state.settings.cookie_secure)
-    return {"name": principal.name, "admin": principal.admin}
+    return Caller(name=principal.name, admin=principal.admin)
 
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)

@@ -67,16 +67,14 @@ function signedOut() {
   location.assign("/signin?next=" + encodeURIComponent(next));
 }
 
-/** A readable sentence from an API error body (FastAPI `detail` string or list). */
+/** A readable sentence from an error body: FastAPI's `detail` (a string, or a list of
+ * {loc, msg}), or the text a proxy answered with. */
 function describeError(body) {
   if (!body) return "";
   if (typeof body === "string") return body.slice(0, 300);
-  const detail = body.detail !== undefined ? body.detail : body.error || body.message;
+  const { detail } = body;
   if (typeof detail === "string") return detail;
-  if (Array.isArray(detail)) {
-    return detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
-  }
-  if (detail && typeof detail === "object") return detail.message || JSON.stringify(detail);
+  if (Array.isArray(detail)) return detail.map((d) => (d.loc.length > 1 ? `${d.loc.slice(1).join(".")}: ` : "") + d.msg).join("; ");
   return "";
 }
 
@@ -85,18 +83,9 @@ function showNotice(id, text) {
   if (node) node.textContent = text || "";
 }
 
-/** Accept a bare list or a {jobs|items|models|workers: [...]} wrapper. */
-function listOf(body, ...keys) {
-  if (Array.isArray(body)) return body;
-  for (const key of [...keys, "items", "data", "results"]) {
-    if (body && Array.isArray(body[key])) return body[key];
-  }
-  return [];
-}
-
+/** Milliseconds of a record's ISO 8601 timestamp, or null when it has none. */
 function parseTime(value) {
-  if (value === null || value === undefined || value === "") return null;
-  if (typeof value === "number") return value > 1e12 ? value : value * 1000;
+  if (!value) return null;
   const ms = Date.parse(value);
   return Number.isNaN(ms) ? null : ms;
 }
@@ -112,12 +101,14 @@ function fmtDuration(seconds) {
   return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
 }
 
+/** Sizes in decimal units (kB, MB, GB: powers of 1000), the model card's unit, so a size
+ * reads the same on the dashboard and in the card. */
 function fmtBytes(n) {
   if (n === null || n === undefined || !Number.isFinite(Number(n))) return "–";
   let value = Number(n);
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  const units = ["B", "kB", "MB", "GB", "TB"];
   let i = 0;
-  while (Math.abs(value) >= 1024 && i < units.length - 1) { value /= 1024; i += 1; }
+  while (Math.abs(value) >= 1000 && i < units.length - 1) { value /= 1000; i += 1; }
   return `${value.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
 }
 
@@ -128,21 +119,16 @@ function fmtNumber(n, digits = 2) {
   return value.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
 }
 
+/** Times of day and dates in ISO 8601, UTC: "13:05:09", "2026-12-01 13:05 UTC" (never
+ * 01/12/2026, which reads differently on either side of the Atlantic). */
 function fmtClock(ms) {
-  if (ms === null || ms === undefined) return "";
-  return new Date(ms).toLocaleTimeString("en-GB", { hour12: false });
+  if (ms === null || ms === undefined || Number.isNaN(ms)) return "";
+  return new Date(ms).toISOString().slice(11, 19);
 }
 
-function methodsOf(job) {
-  if (Array.isArray(job.methods) && job.methods.length) return job.methods;
-  const steps = (job.recipe && job.recipe.steps) || [];
-  return steps.map((s) => s.method);
-}
-
-function modelLabel(model) {
-  if (!model) return "–";
-  if (typeof model === "string") return model;
-  return model.name || model.path || model.id || JSON.stringify(model);
+function fmtDateTime(ms) {
+  if (ms === null || ms === undefined || Number.isNaN(ms)) return "–";
+  return `${new Date(ms).toISOString().slice(0, 16).replace("T", " ")} UTC`;
 }
 
 /** Seconds the job has run (or ran), and an ETA from its progress rate. */
@@ -187,16 +173,6 @@ function progressWidget(label) {
             el("span", { class: "pct", text: "0%" }));
 }
 
-/** Normalize one SSE payload to a job record (or a {deleted: id} marker). */
-function recordFromEvent(data) {
-  if (!data || typeof data !== "object") return null;
-  if (data.job && typeof data.job === "object") return data.job;
-  if (data.record && typeof data.record === "object") return data.record;
-  const deleted = data.deleted === true || data.type === "deleted" || data.event === "deleted";
-  if (deleted && (data.id || data.job_id)) return { deleted: data.id || data.job_id };
-  return data.id ? data : null;
-}
-
 /** True when `record` is an older copy than `known` (both carry the store's updated_at). */
 function isOlder(record, known) {
   const a = parseTime(record.updated_at), b = parseTime(known.updated_at);
@@ -211,22 +187,12 @@ function noteUpdate(job) {
   if (window.dashboard.updates.length > 5000) window.dashboard.updates.shift();
 }
 
-/** Open an EventSource and route every job record it carries to `onRecord`. */
+/** Open an EventSource; each `job` and `deleted` event's JobView goes to `onRecord`. */
 function subscribe(path, onRecord, statusNode, onReopen = null) {
   const source = new EventSource(API + path, { withCredentials: true });
   let broken = false;
-  const handle = (event) => {
-    let data;
-    try { data = JSON.parse(event.data); } catch { return; }
-    const records = Array.isArray(data) ? data : [data];
-    for (const item of records) {
-      const job = recordFromEvent(item);
-      if (job) onRecord(job, event.type);
-    }
-  };
-  source.onmessage = handle;
-  for (const name of ["job", "update", "snapshot", "progress", "state", "deleted", "end"]) {
-    source.addEventListener(name, handle);
+  for (const name of ["job", "deleted"]) {
+    source.addEventListener(name, (event) => onRecord(JSON.parse(event.data), name === "deleted"));
   }
   source.onopen = () => {
     if (!window.dashboard.streamOpenedAt) window.dashboard.streamOpenedAt = Date.now();
@@ -244,9 +210,17 @@ function subscribe(path, onRecord, statusNode, onReopen = null) {
   return source;
 }
 
-/* ---------- charts (inline SVG) ---------- */
+/* ---------- charts (inline SVG) ----------
+ * A report carries `charts`: [{id, title, kind: "line" | "bar", x_label, y_label, log_y,
+ * series: [{name, points: [[x, y], ...]}], reference}], x a number (line) or a label (bar).
+ * The page draws every one the same way, whatever method produced it. */
 
 const SVG_NS = "http://www.w3.org/2000/svg";
+const CHART = { width: 720, height: 260, left: 64, right: 12, top: 12, bottom: 40 };
+const PLOT_W = CHART.width - CHART.left - CHART.right;
+const PLOT_H = CHART.height - CHART.top - CHART.bottom;
+const BASE_Y = CHART.top + PLOT_H;
+const SERIES_STYLES = 4;  // .s0 … .s3 in dashboard.css
 
 function svg(tag, attrs, ...children) {
   const node = document.createElementNS(SVG_NS, tag);
@@ -265,72 +239,163 @@ function niceMax(value) {
   return 10 * power;
 }
 
-/** Vertical bar chart of (label, value) pairs, with an optional dashed reference line. */
-function barChart(items, { yMax = null, yLabel = "", reference = null, format = (v) => v } = {}) {
-  const width = 720, height = 240, left = 48, right = 12, top = 12, bottom = 36;
-  const plotW = width - left - right, plotH = height - top - bottom;
-  const top_ = yMax !== null ? yMax : niceMax(Math.max(...items.map((i) => i.value), 0));
-  const chart = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img",
-                             "aria-label": `${yLabel} per layer, ${items.length} layers` });
-  for (let k = 0; k <= 4; k += 1) {
-    const v = (top_ * k) / 4, y = top + plotH - (plotH * k) / 4;
-    chart.append(svg("line", { class: "gridline", x1: left, x2: width - right, y1: y, y2: y }));
-    chart.append(svg("text", { x: left - 6, y: y + 4, "text-anchor": "end" }, format(v)));
-  }
-  const step = plotW / Math.max(items.length, 1);
-  const barW = Math.max(1, step * 0.8);
-  items.forEach((item, i) => {
-    const h = top_ > 0 ? (plotH * Math.min(item.value, top_)) / top_ : 0;
-    const rect = svg("rect", { class: "bar-rect", x: left + i * step + (step - barW) / 2,
-                               y: top + plotH - h, width: barW, height: h });
-    rect.append(svg("title", {}, `${item.label}: ${format(item.value)}`));
-    chart.append(rect);
-  });
-  if (reference !== null && top_ > 0) {
-    const y = top + plotH - (plotH * Math.min(reference, top_)) / top_;
-    chart.append(svg("line", { class: "target", x1: left, x2: width - right, y1: y, y2: y }));
-  }
-  chart.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: top + plotH, y2: top + plotH }));
-  chart.append(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: top + plotH }));
-  chart.append(svg("text", { x: left + plotW / 2, y: height - 6, "text-anchor": "middle" },
-                   `layers in model order (${items.length}); hover a bar for its name`));
-  return chart;
+/** A chart value for ticks, tooltips and tables: integers whole, others to 4 significant digits. */
+function fmtValue(v) {
+  if (!Number.isFinite(v)) return "–";
+  if (Number.isInteger(v)) return v.toLocaleString("en-US");
+  return v.toLocaleString("en-US", { maximumSignificantDigits: 4 });
 }
 
-/** Line chart of y values over x (loss curve). */
-function lineChart(points, { xLabel = "step", yLabel = "loss" } = {}) {
-  const width = 720, height = 240, left = 56, right = 12, top = 12, bottom = 36;
-  const plotW = width - left - right, plotH = height - top - bottom;
-  const xs = points.map((p) => p.x), ys = points.map((p) => p.y);
-  const xMin = Math.min(...xs), xMax = Math.max(...xs);
-  let yMin = Math.min(...ys), yMax = Math.max(...ys);
-  if (yMin === yMax) { yMin -= 1; yMax += 1; }
-  const sx = (x) => left + (xMax === xMin ? plotW / 2 : ((x - xMin) / (xMax - xMin)) * plotW);
-  const sy = (y) => top + plotH - ((y - yMin) / (yMax - yMin)) * plotH;
-  const chart = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img",
-                             "aria-label": `${yLabel} over ${xLabel}, ${points.length} points, from ` +
-                               `${fmtNumber(ys[0], 3)} to ${fmtNumber(ys[ys.length - 1], 3)}` });
-  for (let k = 0; k <= 4; k += 1) {
-    const v = yMin + ((yMax - yMin) * k) / 4, y = sy(v);
-    chart.append(svg("line", { class: "gridline", x1: left, x2: width - right, y1: y, y2: y }));
-    chart.append(svg("text", { x: left - 6, y: y + 4, "text-anchor": "end" }, fmtNumber(v, 3)));
+/** The points of one series that can be drawn (finite, and positive on a log axis). */
+function drawable(chart, series) {
+  return series.points.filter(([x, y]) => Number.isFinite(y) && (!chart.log_y || y > 0)
+                                          && (chart.kind === "bar" || Number.isFinite(x)));
+}
+
+/** The y axis: value -> pixel, and five labelled ticks; log10 spacing when the chart asks. */
+function yAxis(chart, values) {
+  const reference = Number.isFinite(chart.reference) ? [chart.reference] : [];
+  const all = [...values, ...reference].filter((v) => !chart.log_y || v > 0);
+  let lo, hi, toAxis = (v) => v, fromAxis = (v) => v;
+  if (chart.log_y) {
+    toAxis = Math.log10; fromAxis = (v) => 10 ** v;
+    lo = Math.log10(Math.min(...all)); hi = Math.log10(Math.max(...all));
+  } else if (chart.kind === "bar") {
+    lo = Math.min(0, ...all); hi = niceMax(Math.max(...all));
+  } else {
+    lo = Math.min(...all); hi = Math.max(...all);
   }
-  const d = points.map((p, i) => `${i ? "L" : "M"}${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`);
-  chart.append(svg("path", { class: "line", d: d.join(" ") }));
-  chart.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: top + plotH, y2: top + plotH }));
-  chart.append(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: top + plotH }));
-  chart.append(svg("text", { x: left, y: height - 6 }, `${xLabel} ${xMin}`));
-  chart.append(svg("text", { x: width - right, y: height - 6, "text-anchor": "end" }, `${xLabel} ${xMax}`));
-  return chart;
+  if (!(hi > lo)) { lo -= chart.log_y ? 0.5 : 1; hi += chart.log_y ? 0.5 : 1; }
+  const scale = (v) => BASE_Y - ((toAxis(v) - lo) / (hi - lo)) * PLOT_H;
+  const ticks = [0, 1, 2, 3, 4].map((k) => fromAxis(lo + ((hi - lo) * k) / 4));
+  return { scale, ticks, zero: chart.log_y || lo > 0 ? BASE_Y : scale(0) };
+}
+
+/** The SVG with gridlines, tick labels, both axes and the y label. */
+function chartFrame(chart, axis, label) {
+  const chartNode = svg("svg", { class: "chart", viewBox: `0 0 ${CHART.width} ${CHART.height}`,
+                                 role: "img", "aria-label": label,
+                                 "data-scale": chart.log_y ? "log" : "linear" });
+  for (const v of axis.ticks) {
+    const y = axis.scale(v);
+    chartNode.append(svg("line", { class: "gridline", x1: CHART.left, x2: CHART.width - CHART.right, y1: y, y2: y }));
+    chartNode.append(svg("text", { class: "tick", x: CHART.left - 6, y: y + 4, "text-anchor": "end" }, fmtValue(v)));
+  }
+  chartNode.append(svg("line", { class: "axis", x1: CHART.left, x2: CHART.width - CHART.right, y1: BASE_Y, y2: BASE_Y }));
+  chartNode.append(svg("line", { class: "axis", x1: CHART.left, x2: CHART.left, y1: CHART.top, y2: BASE_Y }));
+  const middle = CHART.top + PLOT_H / 2;
+  chartNode.append(svg("text", { class: "y-label", x: 12, y: middle, "text-anchor": "middle",
+                                 transform: `rotate(-90 12 ${middle})` },
+                       `${chart.y_label}${chart.log_y ? " (log scale)" : ""}`));
+  return chartNode;
+}
+
+/** The chart's dashed reference line (e.g. the target), drawn over the data. */
+function addReference(chartNode, chart, axis) {
+  if (!Number.isFinite(chart.reference) || (chart.log_y && chart.reference <= 0)) return;
+  const y = axis.scale(chart.reference);
+  chartNode.append(svg("line", { class: "target", x1: CHART.left, x2: CHART.width - CHART.right, y1: y, y2: y },
+                       svg("title", {}, `reference: ${fmtValue(chart.reference)}`)));
+}
+
+/** Bars per x label (one per series, side by side), in the order the chart lists them. */
+function barChart(chart) {
+  const slots = new Map();
+  for (const series of chart.series) {
+    for (const [x] of series.points) if (!slots.has(String(x))) slots.set(String(x), slots.size);
+  }
+  const values = chart.series.flatMap((s) => drawable(chart, s).map((p) => p[1]));
+  const axis = yAxis(chart, values);
+  const node = chartFrame(chart, axis,
+    `${chart.title}: ${chart.y_label} per ${chart.x_label}, ${slots.size} bars`);
+  const step = PLOT_W / Math.max(slots.size, 1);
+  const barW = Math.max(1, (step * 0.8) / chart.series.length);
+  chart.series.forEach((series, s) => {
+    for (const [x, y] of drawable(chart, series)) {
+      const top = axis.scale(y);
+      const rect = svg("rect", { class: `bar-rect s${s % SERIES_STYLES}`,
+                                 x: CHART.left + slots.get(String(x)) * step + step * 0.1 + s * barW,
+                                 y: Math.min(top, axis.zero), width: barW,
+                                 height: Math.abs(axis.zero - top) });
+      const name = chart.series.length > 1 ? `${x} (${series.name})` : String(x);
+      rect.append(svg("title", {}, `${name}: ${fmtValue(y)}`));
+      node.append(rect);
+    }
+  });
+  node.append(svg("text", { x: CHART.left + PLOT_W / 2, y: CHART.height - 8, "text-anchor": "middle" },
+                  `${chart.x_label}: ${slots.size}, in order; hover a bar for its name`));
+  addReference(node, chart, axis);
+  return node;
+}
+
+/** One line per series over numeric x. */
+function lineChart(chart) {
+  const series = chart.series.map((s) => ({ name: s.name, points: drawable(chart, s) }));
+  const points = series.flatMap((s) => s.points);
+  const xs = points.map((p) => p[0]);
+  const xMin = Math.min(...xs), xMax = Math.max(...xs);
+  const axis = yAxis(chart, points.map((p) => p[1]));
+  const sx = (x) => CHART.left + (xMax === xMin ? PLOT_W / 2 : ((x - xMin) / (xMax - xMin)) * PLOT_W);
+  const described = series.map((s) => s.points.length
+    ? `${s.name}: ${s.points.length} points from ${fmtValue(s.points[0][1])} to ${fmtValue(s.points[s.points.length - 1][1])}`
+    : `${s.name}: no points`);
+  const node = chartFrame(chart, axis, `${chart.title}: ${chart.y_label} over ${chart.x_label}; ${described.join("; ")}`);
+  series.forEach((s, i) => {
+    if (!s.points.length) return;
+    const d = s.points.map(([x, y], k) => `${k ? "L" : "M"}${sx(x).toFixed(1)},${axis.scale(y).toFixed(1)}`);
+    node.append(svg("path", { class: `line s${i % SERIES_STYLES}`, d: d.join(" ") }, svg("title", {}, s.name)));
+  });
+  node.append(svg("text", { x: CHART.left, y: CHART.height - 8 }, `${chart.x_label} ${fmtValue(xMin)}`));
+  node.append(svg("text", { x: CHART.width - CHART.right, y: CHART.height - 8, "text-anchor": "end" },
+                  `${chart.x_label} ${fmtValue(xMax)}`));
+  addReference(node, chart, axis);
+  return node;
+}
+
+/** The one value every bar of a bar chart has, or null when they differ (or there are none). */
+function uniformValue(chart) {
+  const values = chart.series.flatMap((s) => s.points.map((p) => p[1]));
+  return values.length && values.every((v) => v === values[0]) ? values[0] : null;
 }
 
 /** A collapsed data table under a chart, so its numbers are reachable without a mouse. */
-function dataTable(caption, headers, rows) {
+function chartTable(chart) {
+  const several = chart.series.length > 1;
+  const headers = [...(several ? ["Series"] : []), chart.x_label, chart.y_label];
+  const rows = chart.series.flatMap((s) => s.points.map(([x, y]) =>
+    [...(several ? [s.name] : []), typeof x === "number" ? fmtValue(x) : String(x), fmtValue(y)]));
   return el("details", {},
-    el("summary", { text: `${caption} as a table` }),
+    el("summary", { text: `${chart.title} as a table` }),
     el("div", { class: "table-wrap" }, el("table", {},
       el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col", text: h })))),
       el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c) => el("td", { text: c }))))))));
+}
+
+/** One chart of a report as a figure: the drawing (or a one-line summary), legend, table. */
+function drawChart(chart) {
+  const same = chart.kind === "bar" ? uniformValue(chart) : null;
+  const count = chart.series.reduce((n, s) => n + s.points.length, 0);
+  const body = same !== null
+    ? el("p", { class: "chart-summary", text: `Every ${chart.x_label} (${count} of them) has ${chart.y_label} ${fmtValue(same)}.` })
+    : chart.kind === "bar" ? barChart(chart) : lineChart(chart);
+  const legend = chart.series.length > 1 && same === null
+    ? el("ul", { class: "chart-legend" }, chart.series.map((s, i) => el("li", { class: `s${i % SERIES_STYLES}`, text: s.name })))
+    : null;
+  return el("figure", { class: "chart-block", dataset: { chart: chart.id, kind: chart.kind } },
+    el("figcaption", { text: chart.title }), body, legend, chartTable(chart));
+}
+
+/** The charts of a report: its own list, and per-layer sparsity from `report.sparsity` when the
+ * list has no "sparsity" chart of its own (reports from before the library drew one). */
+function reportCharts(report) {
+  const charts = [...(report.charts || [])];
+  const perLayer = Object.entries((report.sparsity && report.sparsity.per_layer) || {});
+  if (!charts.some((c) => c.id === "sparsity") && perLayer.some(([, v]) => v > 0)) {
+    charts.unshift({ id: "sparsity", title: "Per-layer sparsity", kind: "bar", x_label: "layer",
+                     y_label: "sparsity", log_y: false, reference: report.sparsity.total ?? null,
+                     series: [{ name: "sparsity", points: perLayer }] });
+  }
+  return charts;
 }
 
 /* ---------- page: jobs ---------- */
@@ -354,6 +419,8 @@ function jobsPage() {
         el("td", { "data-label": "State" }, el("span", { class: "state" })),
         el("td", { "data-label": "Stage", class: "c-stage" }),
         el("td", { "data-label": "Progress" }, progressWidget(`Progress of job ${job.name || job.id}`)),
+        el("td", { "data-label": "Owner", class: "c-owner" }),
+        el("td", { "data-label": "Created", class: "c-created" }),
         el("td", { "data-label": "Elapsed", class: "num c-elapsed" }),
         el("td", { "data-label": "ETA", class: "num c-eta" }));
       rows.set(job.id, row);
@@ -366,10 +433,20 @@ function jobsPage() {
     const link = $("a", row);
     link.textContent = job.name || job.id;
     link.title = job.id;
-    $(".c-model", row).textContent = modelLabel(job.model);
-    $(".c-methods", row).textContent = methodsOf(job).join(" → ") || "–";
+    $(".c-model", row).textContent = job.model;
+    $(".c-methods", row).textContent = job.methods.join(" → ");
     stateBadge($(".state", row), job.state);
-    $(".c-stage", row).textContent = TERMINAL.has(job.state) ? "–" : job.stage || "–";
+    // A failed job's reason where a running one shows its stage (the failed filter lists why).
+    const stageCell = $(".c-stage", row);
+    if (job.state === "failed") {
+      const reason = plainError(job.error || job.message);
+      stageCell.textContent = reason.message ? reason.message.slice(0, 120) : reason.headline;
+      stageCell.title = job.error || "";
+    } else {
+      stageCell.textContent = TERMINAL.has(job.state) ? "–" : job.stage || "–";
+    }
+    $(".c-owner", row).textContent = job.owner;
+    $(".c-created", row).textContent = fmtDateTime(parseTime(job.created_at));
     setProgress($(".progress", row), job);
     row.dataset.state = job.state;
     tick(job, row);
@@ -396,12 +473,12 @@ function jobsPage() {
     $("#jobs-empty").hidden = visible.length > 0;
   }
 
-  function apply(job) {
-    if (job.deleted) {
-      jobs.delete(job.deleted);
-      const row = rows.get(job.deleted);
+  function apply(job, deleted = false) {
+    if (deleted) {
+      jobs.delete(job.id);
+      const row = rows.get(job.id);
       if (row) row.remove();
-      rows.delete(job.deleted);
+      rows.delete(job.id);
       layout();
       return;
     }
@@ -425,8 +502,8 @@ function jobsPage() {
 
   async function load() {
     try {
-      const first = await api("/jobs?limit=200");
-      for (const job of listOf(first, "jobs")) apply(job);
+      const page = await api("/jobs?limit=200");
+      for (const job of page.jobs) apply(job);
       layout();
       showNotice("jobs-error", "");
     } catch (err) {
@@ -462,21 +539,13 @@ const PLAIN_ERRORS = [
   [/validation|ValidationError|invalid/i, "The recipe was not valid for this model."],
 ];
 
+/** The record's `error` ("ExceptionType: message", from the worker) in plain words. */
 function plainError(error) {
-  let type = "", message = "", trace = "";
-  if (typeof error === "string") {
-    // The worker records "ExceptionType: message".
-    const typed = /^([A-Za-z_][\w.]*): ([\s\S]*)$/.exec(error);
-    if (typed) { type = typed[1]; message = typed[2]; } else message = error;
-  }
-  else if (error && typeof error === "object") {
-    type = error.type || error.kind || error.exc_type || "";
-    message = error.message || error.msg || error.detail || "";
-    trace = error.traceback || error.trace || "";
-  }
-  const haystack = `${type} ${message}`;
-  const hit = PLAIN_ERRORS.find(([pattern]) => pattern.test(haystack));
-  return { headline: hit ? hit[1] : "The job failed.", type, message, trace };
+  let type = "", message = error || "";
+  const typed = /^([A-Za-z_][\w.]*): ([\s\S]*)$/.exec(message);
+  if (typed) { type = typed[1]; message = typed[2]; }
+  const hit = PLAIN_ERRORS.find(([pattern]) => pattern.test(`${type} ${message}`));
+  return { headline: hit ? hit[1] : "The job failed.", type, message };
 }
 
 async function jobPage() {
@@ -487,17 +556,23 @@ async function jobPage() {
   let lastMessage = null;
   let reportShown = false;
 
-  /** Extend the timeline from a record: stage changes, retries, the end. */
+  /** The timeline from the record's own history (kept by the store, so a page opened late
+   * shows what happened before it opened); records written before the history existed fall
+   * back to what this page sees. */
   function track(record) {
+    if (Array.isArray(record.history) && record.history.length) {
+      history.length = 0;
+      for (const entry of record.history) {
+        const label = entry.state === "running" ? (entry.stage || "running") : entry.state;
+        if (!history.length || history[history.length - 1].stage !== label) {
+          history.push({ stage: label, at: parseTime(entry.at) });
+        }
+      }
+      return;
+    }
     const at = parseTime(record.updated_at) || Date.now();
     const last = () => history[history.length - 1].stage;
-    if (!history.length) {
-      history.push({ stage: "queued", at: parseTime(record.created_at) });
-      const startedLive = record.state === "running" && record.stage === "loading";
-      if (record.state !== "queued" && record.started_at && !startedLive) {
-        history.push({ stage: "started", at: parseTime(record.started_at) });
-      }
-    }
+    if (!history.length) history.push({ stage: "queued", at: parseTime(record.created_at) });
     if (record.state === "running" && record.stage && last() !== record.stage) {
       history.push({ stage: record.stage, at });
     } else if (record.state === "queued" && last() !== "queued") {
@@ -505,6 +580,25 @@ async function jobPage() {
     } else if (TERMINAL.has(record.state) && last() !== record.state) {
       history.push({ stage: record.state, at: parseTime(record.finished_at) || at });
     }
+  }
+
+  /** The messages, each stamped with when the job said it (from the record's history). */
+  function paintMessages(record) {
+    const log = $("#messages");
+    if (Array.isArray(record.history) && record.history.length) {
+      const items = [];
+      let previous = null;
+      for (const entry of record.history) {
+        if (!entry.message || entry.message === previous) continue;
+        previous = entry.message;
+        items.push(el("li", { text: `${fmtClock(parseTime(entry.at))}  ${entry.message}` }));
+      }
+      log.replaceChildren(...items);
+    } else if (record.message && record.message !== lastMessage) {
+      lastMessage = record.message;
+      log.append(el("li", { text: `${fmtClock(parseTime(record.updated_at))}  ${record.message}` }));
+    }
+    log.scrollTop = log.scrollHeight;
   }
 
   function paintTimeline(record) {
@@ -525,12 +619,12 @@ async function jobPage() {
   function paintFacts(record) {
     const { elapsed, eta } = timing(record);
     const facts = [
-      ["ID", record.id], ["Name", record.name || "–"], ["Model", modelLabel(record.model)],
-      ["Methods", methodsOf(record).join(" → ") || "–"], ["Owner", record.owner || "–"],
-      ["Created", record.created_at ? new Date(parseTime(record.created_at)).toLocaleString("en-GB") : "–"],
+      ["ID", record.id], ["Name", record.name || "–"], ["Model", record.model],
+      ["Methods", record.methods.join(" → ")], ["Owner", record.owner],
+      ["Created", fmtDateTime(parseTime(record.created_at))],
       ["Elapsed", fmtDuration(elapsed)],
       ["ETA", TERMINAL.has(record.state) ? "–" : fmtDuration(eta)],
-      ["Attempt", record.attempt ?? "–"],
+      ["Attempt", record.attempt],
     ];
     $("#job-facts").replaceChildren(...facts.flatMap(([k, v]) =>
       [el("dt", { text: k }), el("dd", { text: String(v), dataset: { fact: k.toLowerCase() } })]));
@@ -545,13 +639,8 @@ async function jobPage() {
     $("#job-stage").textContent = TERMINAL.has(record.state) ? "" : record.stage ? `stage: ${record.stage}` : "";
     setProgress($("#job-progress"), record);
     $("#job-message").textContent = record.message || "\u00a0";
-    if (record.message && record.message !== lastMessage) {
-      lastMessage = record.message;
-      const log = $("#messages");
-      log.append(el("li", { text: `${fmtClock(now)}  ${record.message}` }));
-      log.scrollTop = log.scrollHeight;
-    }
-    $("#recipe").textContent = JSON.stringify(record.recipe ?? {}, null, 2);
+    paintMessages(record);
+    $("#recipe").textContent = JSON.stringify(record.recipe, null, 2);
     $("#cancel-job").hidden = TERMINAL.has(record.state);
     $("#delete-job").hidden = !TERMINAL.has(record.state);
     paintFacts(record);
@@ -562,9 +651,7 @@ async function jobPage() {
       failure.replaceChildren(el("div", { class: "error-box", role: "alert" },
         el("p", {}, el("strong", { text: info.headline })),
         info.message ? el("p", { text: `What the worker said: ${info.message}` }) : null,
-        info.type ? el("p", { class: "muted", text: `Error type: ${info.type}` }) : null,
-        info.trace ? el("details", {}, el("summary", { text: "Technical details" }),
-                        el("pre", { class: "json", text: info.trace })) : null));
+        info.type ? el("p", { class: "muted", text: `Error type: ${info.type}` }) : null));
       failure.hidden = false;
     } else if (record.state === "cancelled") {
       failure.replaceChildren(el("div", { class: "error-box" },
@@ -581,9 +668,9 @@ async function jobPage() {
   }
 
   let source = null;
-  function apply(record) {
-    if (record.deleted) { location.assign("/"); return; }
-    if (record.id && record.id !== jobId) return;
+  function apply(record, deleted = false) {
+    if (deleted) { location.assign("/"); return; }
+    if (record.id !== jobId) return;
     if (job && isOlder(record, job)) return;
     job = { ...(job || {}), ...record };
     noteUpdate(job);
@@ -596,8 +683,7 @@ async function jobPage() {
     const button = $("#cancel-job");
     button.disabled = true;
     try {
-      const updated = await api(`${base}/cancel`, { method: "POST" });
-      if (updated && updated.id) apply(updated);
+      apply(await api(`${base}/cancel`, { method: "POST" }));
     } catch (err) {
       showNotice("job-error-load", `Cancel failed: ${err.message}`);
     } finally { button.disabled = false; }
@@ -615,7 +701,12 @@ async function jobPage() {
   try {
     apply(await api(base));
   } catch (err) {
-    if (err.status === 404) showNotice("job-error-load", "This job does not exist, or your key cannot see it.");
+    if (err.status === 404) {
+      showNotice("job-error-load", "This job does not exist, or your key cannot see it.");
+      const grid = $(".detail-grid");
+      if (grid) grid.hidden = true;  // no empty status, timeline or recipe widgets
+      $("#job-title").textContent = "Job not found";
+    }
     else if (err.status !== 401) showNotice("job-error-load", `Could not load the job: ${err.message}`);
     window.dashboard.ready = true;
     return;
@@ -626,8 +717,7 @@ async function jobPage() {
   async function showReport() {
     const report = await api(`${base}/report`);
     window.dashboard.report = report;
-    const before = (report.metrics && report.metrics.before) || {};
-    const after = (report.metrics && report.metrics.after) || {};
+    const { before, after } = report.metrics;
     const rows = [
       ["perplexity", "Perplexity", (v) => fmtNumber(v, 3)],
       ["parameters", "Parameters", (v) => fmtNumber(v)],
@@ -648,91 +738,29 @@ async function jobPage() {
         el("td", { class: "num", text: change }));
     }));
     const bits = [];
-    if (report.sparsity && report.sparsity.total !== undefined) bits.push(`total sparsity ${(report.sparsity.total * 100).toFixed(1)}%`);
-    if (report.seconds_total !== undefined) bits.push(`ran ${fmtDuration(report.seconds_total)}`);
+    if (Number.isFinite(report.sparsity.total)) bits.push(`total sparsity ${(report.sparsity.total * 100).toFixed(1)}%`);
+    if (Number.isFinite(report.seconds_total)) bits.push(`ran ${fmtDuration(report.seconds_total)}`);
     if (report.peak_memory_bytes) bits.push(`peak memory ${fmtBytes(report.peak_memory_bytes)}`);
     $("#report-summary").textContent = bits.join(" · ");
 
-    const charts = reportCharts(report);
-    $("#charts").replaceChildren(...charts.map((c) => el("figure", { class: "chart-block", dataset: { chart: c.kind } },
-      el("figcaption", { text: c.title }), c.node)));
-    if (!charts.length) {
-      $("#charts").replaceChildren(el("p", { class: "muted", text: "No per-layer data in this report." }));
-    }
-    $("#steps-table tbody").replaceChildren(...(report.steps || []).map((s, i) =>
-      el("tr", {}, el("td", { text: String(i + 1) }), el("td", { text: s.method || "–" }),
+    const charts = reportCharts(report).map(drawChart);
+    $("#charts").replaceChildren(...(charts.length ? charts
+      : [el("p", { class: "muted", text: "This report has no charts." })]));
+    $("#steps-table tbody").replaceChildren(...report.steps.map((s, i) =>
+      el("tr", {}, el("td", { text: String(i + 1) }), el("td", { text: s.method }),
          el("td", { class: "num", text: fmtNumber(s.seconds, 1) }))));
     $("#report-section").hidden = false;
   }
 
   async function showFiles() {
-    const body = await api(`${base}/files`);
-    const files = listOf(body, "files");
-    const list = $("#files-list");
-    list.replaceChildren(...files.map((f) => {
-      const path = typeof f === "string" ? f : f.path || f.name;
-      const href = f.url || f.href || `${API}${base}/files/${path.split("/").map(encodeURIComponent).join("/")}`;
-      return el("li", {}, el("a", { href, download: path.split("/").pop(), text: path }),
-                el("span", { class: "muted num", text: typeof f === "object" ? fmtBytes(f.bytes ?? f.size ?? f.size_bytes) : "" }));
-    }));
+    const { files } = await api(`${base}/files`);
+    $("#files-list").replaceChildren(...files.map((f) =>
+      el("li", {}, el("a", { href: f.url, download: f.path.split("/").pop(), text: f.path }),
+         el("span", { class: "muted num", text: fmtBytes(f.bytes) }))));
     const artifact = $("#artifact-link");
     artifact.href = `${API}${base}/artifact`;
     $("#files-section").hidden = false;
   }
-}
-
-/** The report's charts, each {kind, title, node}: per-layer sparsity (when anything was pruned),
- * per-layer rank (when factorized), and the training loss curves (PERP, PELA). */
-function reportCharts(report) {
-  const charts = [];
-  const sparsity = layerSeries(report.sparsity && report.sparsity.per_layer, "sparsity");
-  if (sparsity.some((i) => i.value > 0)) {
-    charts.push({ kind: "sparsity", title: "Per-layer sparsity", node: el("div", {},
-      barChart(sparsity, { yMax: 1, yLabel: "sparsity", reference: report.sparsity.total,
-                           format: (v) => `${Math.round(v * 100)}%` }),
-      dataTable("Per-layer sparsity", ["Layer", "Sparsity"],
-                sparsity.map((i) => [i.label, `${(i.value * 100).toFixed(2)}%`]))) });
-  }
-  const lowrank = report.lowrank || {};
-  const ranks = layerSeries(lowrank.ranks || lowrank.per_layer, "rank");
-  if (ranks.length) {
-    charts.push({ kind: "rank", title: "Per-layer rank (low-rank factorization)", node: el("div", {},
-      barChart(ranks, { yLabel: "rank", format: (v) => fmtNumber(v, 0) }),
-      dataTable("Per-layer rank", ["Layer", "Rank"], ranks.map((i) => [i.label, String(i.value)]))) });
-  }
-  const curves = [
-    ["loss", "Retraining loss (PERP)", lossPoints(report.retraining && report.retraining.loss_curve)],
-    ["pela-loss", "Low-rank training loss (PELA)", lossPoints(lowrank.train && lowrank.train.total_loss)],
-  ];
-  for (const [kind, title, points] of curves) {
-    if (points.length < 2) continue;
-    charts.push({ kind, title, node: el("div", {}, lineChart(points),
-      dataTable(title, ["Step", "Loss"], points.map((p) => [String(p.x), fmtNumber(p.y, 4)]))) });
-  }
-  return charts;
-}
-
-/** [{label, value}] from a per-layer mapping or list, in model order. */
-function layerSeries(data, key) {
-  if (!data) return [];
-  if (Array.isArray(data)) {
-    return data.map((d, i) => typeof d === "number" ? { label: `layer ${i}`, value: d }
-      : { label: d.name || d.layer || `layer ${i}`, value: Number(d[key] ?? d.value ?? d.rank ?? d.sparsity) })
-      .filter((d) => Number.isFinite(d.value));
-  }
-  return Object.entries(data).map(([label, v]) => ({
-    label, value: Number(typeof v === "object" && v !== null ? v[key] ?? v.value : v),
-  })).filter((d) => Number.isFinite(d.value));
-}
-
-/** [{x, y}] from [[step, loss], ...], [loss, ...] or [{step, loss}, ...]. */
-function lossPoints(curve) {
-  if (!Array.isArray(curve)) return [];
-  return curve.map((p, i) => {
-    if (typeof p === "number") return { x: i + 1, y: p };
-    if (Array.isArray(p)) return { x: Number(p[0]), y: Number(p[1]) };
-    return { x: Number(p.step ?? p.x ?? i + 1), y: Number(p.loss ?? p.y) };
-  }).filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
 }
 
 /* ---------- page: submit ---------- */
@@ -759,8 +787,7 @@ async function submitPage() {
   let uid = 0;
 
   try {
-    const body = await api("/methods");
-    methods = body.methods || body;
+    methods = (await api("/methods")).methods;
   } catch (err) {
     showNotice("submit-error", `Could not load methods: ${err.message}`);
     return;
@@ -772,12 +799,9 @@ async function submitPage() {
   describe();
 
   try {
-    const models = listOf(await api("/models"), "models");
+    const { models } = await api("/models");
     modelSelect.replaceChildren(el("option", { value: "", text: "Choose a model…" }),
-      ...models.map((m) => {
-        const name = typeof m === "string" ? m : m.name || m.id;
-        return el("option", { value: name, text: name });
-      }));
+      ...models.map((m) => el("option", { value: m.name, text: m.name })));
     const wanted = new URLSearchParams(location.search).get("model");
     if (wanted) modelSelect.value = wanted;
   } catch (err) {
@@ -1006,8 +1030,7 @@ async function submitPage() {
     button.disabled = true;
     try {
       const created = await api("/jobs", { method: "POST", json: request });
-      const id = created.id || (created.job && created.job.id);
-      location.assign(`/jobs/${encodeURIComponent(id)}`);
+      location.assign(`/jobs/${encodeURIComponent(created.id)}`);
     } catch (err) {
       button.disabled = false;
       if (err.status === 422 || err.status === 400) {
@@ -1034,20 +1057,17 @@ async function modelsPage() {
 
   async function load() {
     try {
-      const models = listOf(await api("/models"), "models");
-      body.replaceChildren(...models.map((m) => {
-        const name = typeof m === "string" ? m : m.name || m.id;
-        const deletable = typeof m === "object" && (m.kind === "uploaded" || m.deletable === true);
-        return el("tr", { dataset: { model: name } },
-          el("td", { "data-label": "Name" }, el("a", { href: `/submit?model=${encodeURIComponent(name)}`, text: name,
+      const { models } = await api("/models");
+      body.replaceChildren(...models.map((m) =>
+        el("tr", { dataset: { model: m.name } },
+          el("td", { "data-label": "Name" }, el("a", { href: `/submit?model=${encodeURIComponent(m.name)}`, text: m.name,
                                                    title: "Submit a job on this model" })),
-          el("td", { "data-label": "Source", text: (typeof m === "object" && (m.kind || m.source || m.format)) || "–" }),
-          el("td", { "data-label": "Size", class: "num", text: typeof m === "object" ? fmtBytes(m.bytes ?? m.size_bytes ?? m.size) : "–" }),
-          el("td", { "data-label": "" }, deletable
-            ? el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete model ${name}`,
-                             onclick: () => removeModel(name) })
-            : el("span", { class: "muted", text: "read-only" })));
-      }));
+          el("td", { "data-label": "Source", text: m.kind }),
+          el("td", { "data-label": "Size", class: "num", text: fmtBytes(m.bytes) }),
+          el("td", { "data-label": "" }, m.kind === "uploaded"  // only your own uploads are deletable
+            ? el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete model ${m.name}`,
+                             onclick: () => removeModel(m.name) })
+            : el("span", { class: "muted", text: "read-only" })))));
       $("#models-empty").hidden = models.length > 0;
       showNotice("models-error", "");
     } catch (err) {
@@ -1123,25 +1143,18 @@ async function modelsPage() {
 function workersPage() {
   async function load() {
     try {
-      const body = await api("/workers");
-      const workers = listOf(body, "workers");
-      $("#workers-body").replaceChildren(...workers.map((w) => {
-        const age = w.heartbeat_age_s ?? w.heartbeat_age ?? w.last_heartbeat_age ??
-          (parseTime(w.last_heartbeat) !== null ? (Date.now() - parseTime(w.last_heartbeat)) / 1000 : null);
-        const current = w.current_job || w.job_id || w.current_job_id;
-        const currentId = current && typeof current === "object" ? current.id : current;
-        return el("tr", { dataset: { worker: w.name || w.id } },
-          el("td", { "data-label": "Worker", text: w.name || w.id || "–" }),
-          el("td", { "data-label": "State", text: w.state || w.status || "–" }),
-          el("td", { "data-label": "Heartbeat age", class: "num", text: fmtDuration(age) }),
-          el("td", { "data-label": "Current job" }, currentId
-            ? el("a", { href: `/jobs/${encodeURIComponent(currentId)}`, text: currentId }) : "idle"),
-          el("td", { "data-label": "Host", text: w.hostname || w.host || "–" }));
-      }));
+      const { workers, online, queue_depth: depth } = await api("/workers");
+      $("#workers-body").replaceChildren(...workers.map((w) =>
+        el("tr", { dataset: { worker: w.name } },
+          el("td", { "data-label": "Worker", text: w.name }),
+          el("td", { "data-label": "State", text: w.state }),
+          el("td", { "data-label": "Heartbeat age", class: "num", text: fmtDuration(w.heartbeat_age_s) }),
+          el("td", { "data-label": "Current job" }, w.current_job
+            ? el("a", { href: `/jobs/${encodeURIComponent(w.current_job)}`, text: w.current_job }) : "idle"),
+          el("td", { "data-label": "Host", text: w.hostname || "–" }))));
       $("#workers-empty").hidden = workers.length > 0;
-      const depth = body.queue_depth ?? body.queued ?? (body.queue && body.queue.depth);
-      $("#queue-depth").textContent = depth === undefined ? "–" : String(depth);
-      $("#workers-online").textContent = String(workers.length);
+      $("#queue-depth").textContent = String(depth);
+      $("#workers-online").textContent = String(online ?? workers.length);
       $("#workers-updated").textContent = fmtClock(Date.now());
       showNotice("workers-error", "");
     } catch (err) {
@@ -1160,7 +1173,7 @@ async function whoami() {
   if (!node || node.textContent.trim()) return;
   try {
     const me = await api("/me");
-    node.textContent = `${me.name || me.key_name || "signed in"}${me.admin ? " (admin)" : ""}`;
+    node.textContent = `${me.name}${me.admin ? " (admin)" : ""}`;
   } catch { /* a 401 already redirected */ }
 }
 

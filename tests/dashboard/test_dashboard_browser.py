@@ -9,6 +9,7 @@ saved as a screenshot in `test-output/screenshots/`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -146,7 +147,7 @@ def test_submit_form_validates_and_submits(alice: Any, stack: Any, screenshots: 
     assert preview["model"] == "smollm2-135m"
     assert preview["recipe"]["steps"] == [{"method": "wanda", "sparsity": 0.5,
                                            "pattern": "unstructured", "include": None,
-                                           "exclude": None}]
+                                           "exclude": None, "layer_sparsity": None}]
     assert preview["recipe"]["calibration"] == {
         "samples": budgets["calibration"]["samples"], "seqlen": budgets["calibration"]["seqlen"]}
     shot(page, screenshots, "04-submit")
@@ -248,6 +249,16 @@ def test_job_detail_report_matches_api(alice: Any, stack: Any, screenshots: Path
     page.wait_for_selector("#report-section:not([hidden])")
     page.wait_for_selector("#files-section:not([hidden])")
     assert page.inner_text("#job-state") == "succeeded"
+    # Opened after the end, the page still draws the whole story, from the record's history,
+    # each message at the time the job said it; dates are ISO.
+    record = api.get(f"/jobs/{job_id}").json()
+    stages = page.locator("#timeline li").evaluate_all("els => els.map(e => e.dataset.stage)")
+    assert stages[0] == "queued" and stages[-1] == "succeeded" and "loading" in stages
+    messages = page.locator("#messages li").all_inner_texts()
+    assert len(messages) >= 3
+    assert messages[0] == f"{record['history'][0]['at'][11:19]}  queued"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC",
+                        page.inner_text("[data-fact=created]"))
 
     for metric in ("perplexity", "parameters", "nonzero_parameters", "size_bytes", "latency_ms"):
         cells = page.locator(f"#report-table tr[data-metric={metric}] td")
@@ -264,11 +275,17 @@ def test_job_detail_report_matches_api(alice: Any, stack: Any, screenshots: Path
     assert f"{report['metrics']['after']['nonzero_parameters']:,}" in nonzero
 
     per_layer = report["sparsity"]["per_layer"]
-    bars = page.locator("#charts figure[data-chart=sparsity] svg rect.bar-rect")
-    assert bars.count() == len(per_layer) > 0
-    first_name = next(iter(per_layer)) if isinstance(per_layer, dict) else None
-    if first_name is not None:
-        assert first_name in bars.first.locator("title").text_content()
+    figure = page.locator("#charts figure[data-chart=sparsity]")
+    assert figure.count() == 1 and len(per_layer) > 0
+    assert figure.locator("details tbody tr").count() == len(per_layer)  # every layer, by name
+    if len(set(per_layer.values())) == 1:  # Wanda prunes each row alike: one line, no bars
+        summary = figure.locator(".chart-summary").inner_text()
+        assert f"({len(per_layer)} of them)" in summary and "sparsity 0.5" in summary
+        assert figure.locator("svg").count() == 0
+    else:
+        bars = figure.locator("svg rect.bar-rect")
+        assert bars.count() == len(per_layer)
+        assert next(iter(per_layer)) in bars.first.locator("title").text_content()
     assert page.locator("#steps-table tbody tr").count() == len(report["steps"])
 
     listed = page.locator("#files-list li a")
@@ -446,44 +463,83 @@ def test_other_key_cannot_see_the_job(browser: Any, stack: Any, screenshots: Pat
     context.close()
 
 
-def test_rank_and_loss_charts(alice: Any, stack: Any, screenshots: Path) -> None:
-    """The charts a PERP or low-rank report gets, drawn by the page's own code.
+DRAW_CHARTS = """(report) => {
+    const figures = reportCharts(report).map(drawChart);
+    document.querySelector('main').replaceChildren(...figures);
+    return figures.map(f => ({
+        id: f.dataset.chart, kind: f.dataset.kind,
+        scale: f.querySelector('svg')?.dataset.scale || null,
+        bars: f.querySelectorAll('rect.bar-rect').length,
+        titles: [...f.querySelectorAll('rect.bar-rect title')].map(t => t.textContent),
+        lines: [...f.querySelectorAll('path.line')].map(p =>
+            p.getAttribute('d').split(/[ML]/).filter(Boolean).map(xy => Number(xy.split(',')[1]))),
+        ticks: [...f.querySelectorAll('svg text.tick')]
+            .map(t => Number(t.textContent.replace(/,/g, ''))),
+        references: f.querySelectorAll('line.target').length,
+        legend: [...f.querySelectorAll('.chart-legend li')].map(li => li.textContent),
+        summary: f.querySelector('.chart-summary')?.textContent || null,
+        rows: f.querySelectorAll('details tbody tr').length}));
+}"""
 
-    The real-model job above is Wanda only; these report sections have the shapes that
-    `compressors.retraining.perp` and `compressors.lowrank.step` write.
+
+def _chart(chart_id: str, kind: str, series: list[tuple[str, list]], **extra: Any) -> dict:
+    return {"id": chart_id, "title": chart_id.title(), "kind": kind, "x_label": "layer"
+            if kind == "bar" else "step", "y_label": "value", "log_y": False, "reference": None,
+            "series": [{"name": name, "points": points} for name, points in series], **extra}
+
+
+def test_report_charts_are_drawn_from_the_generic_list(alice: Any, stack: Any,
+                                                       screenshots: Path) -> None:
+    """Whatever method made them, the page draws every chart in `report.charts` one way.
+
+    The real-model job above is Wanda only, so its report shows just sparsity; these charts
+    have the shape the library's report schema gives every chart.
     """
+    loss = [[1, 3.2], [50, 2.9], [100, 2.7], [120, 2.65]]
     report = {
-        "sparsity": {"total": 0.5, "per_layer": {"model.layers.0.mlp.up_proj": 0.5,
-                                                 "model.layers.1.mlp.up_proj": 0.5}},
-        "retraining": {"loss_curve": [[1, 3.2], [50, 2.9], [100, 2.7], [120, 2.65]]},
-        "lowrank": {"ranks": {"model.layers.0.mlp.up_proj": 64,
-                              "model.layers.0.mlp.down_proj": 48,
-                              "model.layers.1.mlp.up_proj": 32},
-                    "train": {"total_loss": [1.5, 1.2, 1.1]}},
+        "sparsity": {"total": 0.45, "per_layer": {"model.layers.0.mlp.up_proj": 0.4,
+                                                  "model.layers.1.mlp.up_proj": 0.5}},
+        "charts": [
+            _chart("loss", "line", [("train", loss), ("held-out", [[1, 40.0], [120, 4.0]])],
+                   log_y=True, y_label="loss"),
+            _chart("rank", "bar", [("rank", [["model.layers.0.mlp.up_proj", 64],
+                                             ["model.layers.0.mlp.down_proj", 48],
+                                             ["model.layers.1.mlp.up_proj", 32]])],
+                   reference=40, y_label="rank"),
+            _chart("bits", "bar", [("bits", [["a", 4], ["b", 4], ["c", 4]])], y_label="bits"),
+        ],
     }
     page = alice.new_page()
     page.goto(stack.base_url + "/")
     wait_ready(page)
-    drawn = page.evaluate("""(report) => {
-        const charts = reportCharts(report);
-        const box = document.querySelector('main');
-        box.replaceChildren(...charts.map(c => { const f = document.createElement('figure');
-            f.className = 'chart-block'; f.dataset.chart = c.kind;
-            f.append(c.title, c.node); return f; }));
-        return charts.map(c => ({kind: c.kind,
-            bars: c.node.querySelectorAll('rect.bar-rect').length,
-            titles: [...c.node.querySelectorAll('rect.bar-rect title')].map(t => t.textContent),
-            points: (c.node.querySelector('path.line')?.getAttribute('d') || '')
-                .split(/[ML]/).filter(Boolean).length}));
-    }""", report)
-    kinds = {c["kind"]: c for c in drawn}
-    assert list(kinds) == ["sparsity", "rank", "loss", "pela-loss"]
-    assert kinds["sparsity"]["bars"] == 2
-    assert kinds["rank"]["bars"] == 3
-    assert kinds["rank"]["titles"][1] == "model.layers.0.mlp.down_proj: 48"
-    assert kinds["loss"]["points"] == 4
-    assert kinds["pela-loss"]["points"] == 3
-    shot(page, screenshots, "14-charts-rank-and-loss")
+    drawn = {c["id"]: c for c in page.evaluate(DRAW_CHARTS, report)}
+    assert list(drawn) == ["sparsity", "loss", "rank", "bits"]  # per-layer sparsity kept first
+    assert drawn["sparsity"]["bars"] == 2 and drawn["sparsity"]["references"] == 1
+
+    curve = drawn["loss"]
+    assert curve["scale"] == "log" and curve["legend"] == ["train", "held-out"]
+    assert [len(line) for line in curve["lines"]] == [4, 2] and curve["rows"] == 6
+    ticks = curve["ticks"]  # evenly spaced on a log axis: a constant ratio from tick to tick
+    ratios = [b / a for a, b in itertools.pairwise(ticks)]
+    assert ticks[0] == pytest.approx(2.65, rel=1e-3) and ticks[-1] == pytest.approx(40, rel=1e-3)
+    assert max(ratios) == pytest.approx(min(ratios), rel=0.01)
+    train = curve["lines"][0]  # pixel heights follow log(loss), not loss
+    span = (math.log(3.2) - math.log(2.65)) / (math.log(40) - math.log(4))
+    assert (train[-1] - train[0]) / (curve["lines"][1][-1] - curve["lines"][1][0]) == \
+        pytest.approx(span, rel=0.02)
+
+    ranks = drawn["rank"]
+    assert ranks["scale"] == "linear" and ranks["bars"] == 3 and ranks["references"] == 1
+    assert ranks["titles"][1] == "model.layers.0.mlp.down_proj: 48"
+    assert drawn["bits"]["bars"] == 0 and drawn["bits"]["rows"] == 3
+    assert drawn["bits"]["summary"] == "Every layer (3 of them) has bits 4."
+    shot(page, screenshots, "14-report-charts")
+
+    # A report that draws its own sparsity chart gets no second one from `sparsity.per_layer`.
+    report["charts"].append(_chart("sparsity", "bar", [("sparsity", [["x", 0.1], ["y", 0.2]])]))
+    drawn = page.evaluate(DRAW_CHARTS, report)
+    assert [c["id"] for c in drawn].count("sparsity") == 1
+    assert drawn[-1]["id"] == "sparsity" and drawn[-1]["bars"] == 2
     page.close()
 
 
@@ -543,3 +599,15 @@ def test_no_external_requests(alice: Any, stack: Any) -> None:
     assert alice.requested_urls
     outside = [u for u in alice.requested_urls if not u.startswith(stack.base_url)]
     assert outside == []
+
+
+def test_job_page_of_an_unknown_job_draws_no_empty_widgets(browser: Any, stack: Any) -> None:
+    """Its own signed-in context: the module's `alice` has signed out by now."""
+    context = browser.new_context(viewport=LAPTOP, bypass_csp=True)
+    page = context.new_page()
+    sign_in(page, stack.base_url, stack.keys["alice"])
+    page.goto(stack.base_url + "/jobs/0123456789abcdef0123456789abcdef")
+    page.wait_for_selector("#job-error-load:not(:empty)")
+    assert "does not exist" in page.inner_text("#job-error-load")
+    assert not page.locator(".detail-grid").is_visible()
+    context.close()

@@ -21,9 +21,9 @@ REDIS_URL = "redis://127.0.0.1:6379/9"
 def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
     from redis import Redis
 
+    from jobs.settings import Settings
     from service.app import create_app
     from service.auth import KeyStore
-    from service.settings import Settings
 
     prefix = f"dashroutes-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=REDIS_URL, key_prefix=prefix, queue_name=prefix,

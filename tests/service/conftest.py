@@ -62,7 +62,7 @@ def service_env(token: str, service_root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def settings(service_env):
-    from service.settings import Settings
+    from jobs.settings import Settings
 
     (Path(service_env["COMPRESSORS_MODEL_ROOTS"])).mkdir(parents=True, exist_ok=True)
     return Settings(**{k.removeprefix("COMPRESSORS_").lower(): v

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 FAST_JOB = {
@@ -59,3 +62,37 @@ def read_sse(client, key: str, url: str) -> list[dict[str, Any]]:
             if line.startswith("data: "):
                 records.append(json.loads(line[len("data: "):]))
     return records
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, which it may kill -9 and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir",
+             str(self.folder), "--appendonly", "yes", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from redis import Redis
+
+        client = Redis.from_url(self.url)
+        wait_for(lambda: pings(client), timeout=20, every=0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+def pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False

@@ -191,8 +191,11 @@ def test_help(module):
 
 
 def test_worker_parent_imports_no_torch():
-    """The RQ parent process must never initialise CUDA: it must not even import torch."""
-    code = ("import sys, worker.__main__, worker.runner, worker.tasks, service.queue; "
+    """The RQ parent process must never initialise CUDA: it must not even import torch.
+    Nor may the jobs core, which the API imports too."""
+    code = ("import sys, worker.__main__, worker.runner, worker.tasks, jobs.artifacts, "
+            "jobs.connection, jobs.model_registry, jobs.policy, jobs.queue, jobs.records, "
+            "jobs.settings, jobs.store, jobs.uploads; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -202,11 +205,14 @@ def test_api_validates_recipes_without_torch():
     torch would cost each API process seconds of start-up, hundreds of MB, and ~200 ms
     garbage-collector pauses walking its objects under load."""
     code = ("import sys, service.app; from compressors.recipe import parse_recipe; "
-            "from compressors.registry import METHODS, method_schemas; method_schemas(); "
+            "from compressors.methods import METHODS, method_schemas; method_schemas(); "
             "parse_recipe({'steps': [{'method': 'wanda', 'sparsity': 0.5}, "
             "{'method': 'perp', 'steps': 2}, {'method': 'quantize', 'bits': 4}]}); "
+            "parse_recipe({'steps': [{'method': 'sparsegpt', 'pattern': '2:4'}, "
+            "{'method': 'gptq'}]}); "
             "parse_recipe({'steps': [{'method': 'lowrank', 'ratio': 2}]}); "
-            "assert len(METHODS) == 6; "
+            "assert {'magnitude', 'wanda', 'sparsegpt', 'perp', 'quantize', 'lowrank', "
+            "'gptq', 'rtn'} <= set(METHODS); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -302,3 +308,79 @@ def test_a_dead_api_process_stops_the_rest(service_env):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_openapi_documents_the_typed_responses(client, keys, tiny_model):
+    """Every JSON route names its response model; POST /jobs answers exactly a JobView."""
+    from compressors.version import __version__
+    from jobs.records import JobView
+
+    spec = client.get("/openapi.json").json()
+    assert spec["info"]["version"] == __version__
+
+    def model(path: str, method: str, code: str) -> str:
+        content = spec["paths"][path][method]["responses"][code]["content"]
+        return content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+
+    assert model("/api/v1/jobs", "post", "202") == "JobView"
+    assert model("/api/v1/jobs", "get", "200") == "JobPage"
+    assert model("/api/v1/jobs/{job_id}", "get", "200") == "JobView"
+    assert model("/api/v1/jobs/{job_id}/cancel", "post", "200") == "JobView"
+    assert model("/api/v1/jobs/{job_id}/files", "get", "200") == "FileList"
+    assert model("/api/v1/models", "get", "200") == "ModelList"
+    assert model("/api/v1/methods", "get", "200") == "MethodList"
+    assert model("/api/v1/me", "get", "200") == "Caller"
+    assert model("/api/v1/workers", "get", "200") == "WorkersStatus"
+    assert model("/api/v1/jobs/{job_id}/report", "get", "200") == "CompressionReport"
+    assert model("/readyz", "get", "503") == "Readiness"
+    view = spec["components"]["schemas"]["JobView"]["properties"]
+    assert "links" in view and "model_path" not in view
+    assert set(spec["components"]["schemas"]["JobState"]["enum"]) == {
+        "queued", "running", "succeeded", "failed", "cancelled"}
+
+    response = client.post("/api/v1/jobs", headers=auth(keys["alice"]),
+                           json={"model": "tiny", "recipe": FAST_JOB})
+    job = response.json()
+    try:
+        assert response.headers["location"] == job["links"]["self"]
+        assert list(job) == list(JobView.model_fields)  # the declared fields, in order
+        assert JobView.model_validate(job).model == "tiny"
+    finally:
+        client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth(keys["alice"]))
+        client.delete(f"/api/v1/jobs/{job['id']}", headers=auth(keys["alice"]))
+
+
+def test_all_jobs_stream_says_when_a_job_is_deleted(client, keys, tiny_model):
+    """A deletion reaches the stream as a `deleted` event, so open pages drop the row."""
+    import threading
+
+    frames: list[tuple[str, dict]] = []
+    subscribed = threading.Event()
+    target: dict[str, str] = {}
+
+    def read() -> None:
+        import json
+
+        event = "message"
+        with client.stream("GET", "/api/v1/events", headers=auth(keys["bob"])) as response:
+            for line in response.iter_lines():
+                subscribed.set()
+                if line.startswith("event: "):
+                    event = line[len("event: "):]
+                elif line.startswith("data: "):
+                    frames.append((event, json.loads(line[len("data: "):])))
+                    if event == "deleted" and frames[-1][1]["id"] == target.get("id"):
+                        return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    subscribed.wait(timeout=60)
+    job_id = submit(client, keys["bob"])["id"]
+    target["id"] = job_id
+    client.post(f"/api/v1/jobs/{job_id}/cancel", headers=auth(keys["bob"]))
+    assert client.delete(f"/api/v1/jobs/{job_id}", headers=auth(keys["bob"])).status_code == 204
+    reader.join(timeout=120)
+    assert not reader.is_alive()
+    mine = [(event, data["state"]) for event, data in frames if data["id"] == job_id]
+    assert mine[-1] == ("deleted", "cancelled") and ("job", "queued") in mine
+    assert all("model_path" not in data for _, data in frames)

@@ -104,6 +104,32 @@ def test_oversize_upload_is_413_and_nothing_written(client, keys, settings, toke
 
 CONFIG = b'{"model_type": "llama"}'
 WEIGHTS = b"{}"
+PAYLOAD = bytes(range(256)) * 2048  # 512 KiB: truncation lands inside a member
+
+
+def _bad_crc_zip() -> bytes:
+    """A stored member whose bytes were changed after its CRC was written."""
+    body = bytearray(_zip({"config.json": CONFIG, "m.safetensors": PAYLOAD}))
+    at = body.index(PAYLOAD[:64]) + 1000
+    body[at] ^= 0xFF
+    return bytes(body)
+
+
+def _lying_zip() -> bytes:
+    """A central directory that declares a smaller size than the member holds."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", CONFIG)
+        zf.writestr("m.safetensors", PAYLOAD)
+    body = bytearray(buffer.getvalue())
+    central = body.rindex(b"PK\x01\x02")  # the last entry's central-directory header
+    body[central + 24:central + 28] = (1000).to_bytes(4, "little")  # uncompressed size
+    return bytes(body)
+
+
+def _truncated_tar_gz() -> bytes:
+    body = _tar({"config.json": CONFIG, "m.safetensors": PAYLOAD})
+    return body[: len(body) // 2]
 BAD_ARCHIVES = {
     "tar-dotdot": _tar({"../evil.txt": b"x", "config.json": CONFIG, "m.safetensors": WEIGHTS}),
     "tar-absolute": _tar({"/tmp/evil.txt": b"x", "config.json": CONFIG}),
@@ -116,6 +142,9 @@ BAD_ARCHIVES = {
     "no-config": _tar({"m.safetensors": WEIGHTS}),
     "pickle-only": _tar({"config.json": CONFIG, "model.pt": b"pickle"}),
     "not-an-archive": b"just some bytes that are not an archive",
+    "zip-bad-crc": _bad_crc_zip(),
+    "zip-lying-directory": _lying_zip(),
+    "tar-gz-truncated": _truncated_tar_gz(),
 }
 
 
@@ -124,8 +153,11 @@ def test_bad_archives_are_422_and_leave_nothing(client, keys, settings, token, c
                                                 service_root):
     response = _upload(client, keys["alice"], "bad", BAD_ARCHIVES[case])
     assert response.status_code == 422, response.text
-    assert response.json()["detail"]
+    assert response.headers["content-type"] == "application/json"
+    [error] = response.json()["detail"]
+    assert error["msg"] and error["loc"] == []
     assert _uploads_of(settings, f"alice-{token}") == []
+    assert not list((settings.uploads_dir / f"alice-{token}").glob(".*"))  # no scratch left
     assert not (service_root / "evil.txt").exists()
     assert not Path("/tmp/evil.txt").exists()
 

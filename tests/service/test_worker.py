@@ -42,12 +42,17 @@ def test_job_succeeds_streams_events_and_downloads(client, keys, workers, tiny_m
     key = keys["alice"]
     job = submit(client, key, name="happy path")
     events = read_sse(client, key, job["links"]["events"])
+    stamps = [e["updated_at"] for e in events]
+    assert stamps == sorted(set(stamps)), "an event arrived twice or out of order"
     states = [e["state"] for e in events]
     assert states[-1] == "succeeded", events[-1]
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress) and progress[-1] == 1.0
     record = job_state(client, key, job["id"])
     assert record["attempt"] == 1 and record["started_at"] and record["finished_at"]
+    told = [(h["state"], h["stage"]) for h in record["history"]]
+    assert told[0] == ("queued", None) and told[1] == ("running", "loading")
+    assert told[-1][0] == "succeeded" and ("running", "evaluating") in told
     assert record["metrics"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert record["metrics"]["before"]["parameters"] == record["metrics"]["after"]["parameters"]
 
@@ -93,6 +98,15 @@ def test_failing_job_is_failed_once_not_retried(client, keys, workers, settings,
     assert record["state"] == "failed" and record["error"]
     assert record["attempt"] == 1
     assert _artifact_entries(settings, job["id"]) == []
+    assert wait_for(lambda: _rq_status(client, job["id"]) == "failed")  # `rq info` agrees
+
+
+def _rq_status(client, job_id: str) -> str:
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    app = client.app
+    return Job.fetch(job_id, connection=app.state.redis, serializer=JSONSerializer).get_status()
 
 
 def test_cancel_running_job_then_worker_takes_next(client, keys, workers, tiny_model, settings):
@@ -110,6 +124,8 @@ def test_cancel_running_job_then_worker_takes_next(client, keys, workers, tiny_m
     final = job_state(client, key, long_job["id"])
     assert final["state"] == "cancelled" and final["attempt"] == 1
     assert _artifact_entries(settings, long_job["id"]) == []
+    assert _rq_status(client, long_job["id"]) == "canceled"  # RQ's view: not "failed"
+    assert _rq_status(client, next_job["id"]) == "finished"
 
 
 def test_kill_9_worker_mid_job_new_worker_finishes(client, keys, workers, tiny_model, settings):
@@ -129,9 +145,9 @@ def test_kill_9_worker_mid_job_new_worker_finishes(client, keys, workers, tiny_m
     entries = _artifact_entries(settings, job["id"])
     assert entries == [job["id"]]  # one artifact, no staging leftovers
     assert not [p for p in settings.artifacts_dir.iterdir() if p.name.startswith(".")]
-    from service.artifacts import verify
+    from jobs.artifacts import verify_manifest
 
-    assert verify(settings.artifacts_dir / job["id"])
+    assert verify_manifest(settings.artifacts_dir / job["id"])
 
 
 def test_killed_job_process_is_retried_at_once(client, keys, workers, tiny_model, settings):
@@ -139,11 +155,13 @@ def test_killed_job_process_is_retried_at_once(client, keys, workers, tiny_model
     worker = workers.start()
     job = submit(client, key, recipe=SLOW_JOB, name="horse killed")
     wait_for(lambda: _running_in(client, key, job["id"]), timeout=300)
+    first = job_state(client, key, job["id"])
     horse = _horse_of(worker.pid)
     assert horse is not None
     horse.send_signal(signal.SIGKILL)
     record = wait_state(client, key, job["id"], ("succeeded", "failed"), timeout=600)
     assert record["state"] == "succeeded" and record["attempt"] == 2
+    assert record["started_at"] > first["started_at"]  # the attempt that ran, not the first
     assert worker.poll() is None  # the same worker survived and ran the retry
     assert _artifact_entries(settings, job["id"]) == [job["id"]]
 
@@ -161,4 +179,18 @@ def test_job_over_its_timeout_fails_without_retry(keys, workers, tiny_model, set
         record = wait_state(client, keys["alice"], job["id"], ("failed", "succeeded"))
     assert record["state"] == "failed" and "Timeout" in record["error"]
     assert record["attempt"] == 1
+    assert _artifact_entries(settings, job["id"]) == []
+
+
+def test_worker_rechecks_the_text_policy(client, keys, workers, tiny_model, settings, redis):
+    """A recipe that names a forbidden file by the time it runs fails in the worker, unread:
+    here its record is rewritten past the API, as a settings change or a bug might leave it."""
+    job = submit(client, keys["alice"], name="policy re-check")
+    recipe = {**job["recipe"], "evaluation": {**job["recipe"]["evaluation"], "text": "/etc/passwd"}}
+    redis.hset(f"{settings.key_prefix}:job:{job['id']}", "recipe", json.dumps(recipe))
+    workers.start()
+    record = wait_state(client, keys["alice"], job["id"], ("failed", "succeeded"))
+    assert record["state"] == "failed" and record["attempt"] == 1
+    assert record["error"].startswith("PermissionError: evaluation.text: ")
+    assert "/etc" not in record["error"]  # a refusal tells nothing about the server's files
     assert _artifact_entries(settings, job["id"]) == []

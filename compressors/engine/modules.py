@@ -1,0 +1,107 @@
+"""Find transformer blocks and Linear-like layers in any architecture, without per-model code.
+
+A *block* is an entry of the model's largest `nn.ModuleList` whose entries all share one class
+(Llama's `model.layers`, GPT-2's `transformer.h`, BERT's `encoder.layer`, ...). A *Linear-like*
+layer is a dense `nn.Linear` or GPT-2's `Conv1D`, which stores its weight transposed;
+`weight_matrix` hides that difference by always returning an `[out_features, in_features]`
+view. Other layer kinds (quantized, factorized) are read through `engine.layers`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from compressors.engine.layers import DENSE, kind_of
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """A dense Linear-like layer: what pruning, retraining and factorizing work on."""
+    return kind_of(module) is DENSE
+
+
+def weight_matrix(layer: nn.Module) -> torch.Tensor:
+    """The weight as `[out, in]`; a view, so in-place edits reach the layer."""
+    if not is_linear_like(layer):
+        raise TypeError(f"{type(layer).__name__} is not a dense layer whose weights can be "
+                        "edited in place; read it with engine.layers.dense_weight")
+    return DENSE.dense_weight(layer)
+
+
+def in_features(layer: nn.Module) -> int:
+    return weight_matrix(layer).shape[1]
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A model with an output embedding (an LM head): perplexity and the LM loss apply."""
+    getter = getattr(model, "get_output_embeddings", None)
+    return getter is not None and getter() is not None
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The repeated transformer blocks: the biggest homogeneous ModuleList by parameter count."""
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if best is None or size > best[0]:
+            best = (size, name, module)
+    if best is None:
+        raise ValueError(f"no transformer blocks found in {type(model).__name__}")
+    return best[1], best[2]
+
+
+def block_names(model: nn.Module) -> list[str]:
+    prefix, blocks = find_blocks(model)
+    return [f"{prefix}.{i}" for i in range(len(blocks))]
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if is_linear_like(m)}
+
+
+def select_layers(
+    model: nn.Module, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None
+) -> dict[str, nn.Module]:
+    """Linear-like layers chosen by regex (`re.search` on the full name).
+
+    Without `include`, the default is every Linear-like layer inside the transformer blocks,
+    which never includes embeddings or the LM head; with it, any Linear-like layer may match.
+    An empty selection is an error: a step that changes nothing must not succeed.
+    """
+    layers = linear_layers(model)
+    if include:
+        patterns = [re.compile(p) for p in include]
+        chosen = {n: m for n, m in layers.items() if any(p.search(n) for p in patterns)}
+    else:
+        prefix, _ = find_blocks(model)
+        chosen = {n: m for n, m in layers.items() if n.startswith(prefix + ".")}
+    for pattern in [re.compile(p) for p in exclude or []]:
+        chosen = {n: m for n, m in chosen.items() if not pattern.search(n)}
+    if not chosen:
+        raise ValueError(
+            "include/exclude: no Linear-like layer matches, so the step would change nothing"
+            + (f" (the model has {len(layers)} Linear-like layers, e.g. {next(iter(layers))})"
+               if layers else " (the model has no Linear-like layers)"))
+    return chosen
+
+
+def layers_in_block(layers: dict[str, nn.Module], block_name: str) -> dict[str, nn.Module]:
+    return {n: m for n, m in layers.items() if n.startswith(block_name + ".")}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` in place of the submodule called `name` (for swapping layer kinds)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

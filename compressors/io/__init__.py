@@ -1,0 +1,1 @@
+"""Reading models users hand us and writing checkpoints in the formats the methods declare."""

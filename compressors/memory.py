@@ -1,0 +1,389 @@
+"""How much memory a job will need, from the checkpoint's headers and the recipe alone.
+
+Nothing is loaded: tensor shapes and dtypes come from the safetensors headers
+(`io.stream.tensor_sizes`), the architecture's widths from config.json. The transformer blocks
+are found by name (the longest `prefix.<i>.` run of tensors), so no per-architecture table is
+needed. For each step the estimate adds what the step holds besides the model (the registry's
+`MemoryNeeds`: Hessians, a teacher copy, training state) to the model itself, held one of three
+ways (`engine.placement`); `choose_placement` picks the first way that fits the worker.
+
+Torch-free: the API estimates a job at submission (refusing, with the step and the bytes, one
+that fits no worker), the worker again before loading, and the report prints the estimate
+beside the measured peak. The constants were calibrated on SmolLM2-135M (bench/scale.py,
+tests/test_memory.py keeps them within 25% of measured peaks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compressors.io.stream import dtype_bytes, tensor_sizes
+from compressors.methods import METHODS, MemoryNeeds
+
+GiB = 1024**3
+RUNTIME_BYTES = int(0.45 * GiB)  # Python + torch + transformers + tokenizer, measured
+LOGIT_CHUNK = 128  # positions per LM-head call when a model is evaluated block by block
+_BLOCK = re.compile(r"^(.*?)\.(\d+)\.")
+_RUN_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_CONFIG_DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2, "torch.float32": 4,
+                  "torch.bfloat16": 2, "torch.float16": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs to know of a model, read without loading it."""
+
+    parameters: int
+    stored_bytes_per_param: int
+    outer_parameters: int  # embeddings, final norm, LM head (a tied head once)
+    block_parameters: int  # the largest block
+    blocks: int
+    block_inputs: tuple[int, ...]  # in_features of each 2-D weight of the largest block
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a worker may use: RAM (the smallest of physical memory, its cgroup limit and
+    WORKER_MEMORY_LIMIT) and, with a GPU, the device's free memory."""
+
+    ram_bytes: int
+    device_bytes: int | None = None
+    device_type: str = "cpu"
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    method: str
+    ram: dict[str, int]  # placement -> peak RAM bytes
+    device: dict[str, int]  # placement -> peak device bytes (0 on CPU)
+    blockwise: bool
+
+
+@dataclass
+class Estimate:
+    shape: ModelShape | None
+    run_bytes_per_param: int
+    steps: list[StepEstimate] = field(default_factory=list)
+    evaluation: dict[str, int] = field(default_factory=dict)
+
+    def peak(self, placement: str) -> int:
+        values = [s.ram[placement] for s in self.steps] + [self.evaluation.get(placement, 0)]
+        return max(values)
+
+    def device_peak(self, placement: str) -> int:
+        return max([s.device[placement] for s in self.steps] + [0])
+
+    def step_summaries(self) -> list[dict[str, Any]]:
+        return [{"method": s.method, "ram_bytes": max(s.ram.values()),
+                 "device_bytes": max(s.device.values())} for s in self.steps]
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    ram_bytes: int | None
+    device_bytes: int | None
+    limit_bytes: int | None
+
+
+class DoesNotFit(ValueError):
+    """No placement of this model fits the limits; the message names the step and bytes."""
+
+
+def read_shape(folder: Path) -> ModelShape | None:
+    """The model's shape from its safetensors headers and config.json; None if unreadable
+    (a GGUF file, `.bin` weights): the run then falls back to holding the model in memory."""
+    try:
+        sizes = tensor_sizes(folder)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
+    config = config.get("text_config", config)
+    counts: dict[str, int] = {}
+    for name, (shape, _dtype) in sizes.items():
+        match = _BLOCK.match(name)
+        if match:
+            counts[match.group(1)] = counts.get(match.group(1), 0) + _numel(shape)
+    if not counts:
+        return None
+    prefix = max(counts, key=counts.__getitem__)
+    per_block: dict[int, int] = {}
+    inputs: dict[int, list[int]] = {}
+    outer = 0
+    for name, (shape, _dtype) in sizes.items():
+        match = _BLOCK.match(name)
+        if match and match.group(1) == prefix:
+            index = int(match.group(2))
+            per_block[index] = per_block.get(index, 0) + _numel(shape)
+            if len(shape) == 2 and name.endswith(".weight"):
+                inputs.setdefault(index, []).append(shape[1])
+        else:
+            outer += _numel(shape)
+    largest = max(per_block, key=per_block.__getitem__)
+    stored = [dtype_bytes(d) for _s, d in sizes.values()]
+    hidden = int(config.get("hidden_size") or config.get("n_embd") or config.get("d_model") or 0)
+    return ModelShape(
+        parameters=sum(_numel(s) for s, _d in sizes.values()),
+        stored_bytes_per_param=max(set(stored), key=stored.count),
+        outer_parameters=outer, block_parameters=per_block[largest], blocks=len(per_block),
+        block_inputs=tuple(inputs.get(largest, [])), hidden=hidden,
+        intermediate=int(config.get("intermediate_size") or config.get("n_inner")
+                         or config.get("ffn_dim") or 4 * hidden),
+        heads=int(config.get("num_attention_heads") or config.get("n_head") or 1),
+        vocab=int(config.get("vocab_size") or 0),
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for dim in shape:
+        total *= dim
+    return total
+
+
+def _run_bytes(shape: ModelShape | None, dtype: str, folder: Path | None) -> int:
+    if dtype != "auto":
+        return _RUN_BYTES[dtype]
+    if folder is not None and (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        name = str(config.get("dtype") or config.get("torch_dtype") or "")
+        if name in _CONFIG_DTYPES:
+            return _CONFIG_DTYPES[name]
+    return 4 if shape is None else max(2, shape.stored_bytes_per_param)
+
+
+def estimate_source(source: Path, recipe: Any) -> Estimate:
+    """The estimate for a local source (an HF folder; anything else gets an empty one)."""
+    shape = read_shape(source) if source.is_dir() else None
+    return estimate(shape, recipe, _run_bytes(shape, recipe.dtype, source if source.is_dir()
+                                              else None))
+
+
+def estimate(shape: ModelShape | None, recipe: Any, run_bytes: int) -> Estimate:
+    """Peak RAM and device bytes of every step and of the evaluation, for each placement."""
+    result = Estimate(shape, run_bytes)
+    if shape is None:
+        return result
+    weights = shape.parameters * run_bytes
+    cal = recipe.calibration
+    activations = 2 * cal.samples * cal.seqlen * shape.hidden * run_bytes
+    transient = _block_transient(shape, min(4, cal.samples), cal.seqlen, run_bytes)
+    held = {"in_memory": weights, "onloaded": weights,
+            "streamed": (shape.outer_parameters + 2 * shape.block_parameters) * run_bytes}
+    for step in recipe.steps:
+        method = METHODS[step.method]
+        needs = step_needs(step, method.memory)
+        extra = activations + transient if method.needs_calibration or needs.hessians else 0
+        if needs.hessians:
+            extra += _hessian_bytes(shape)
+        whole = 0
+        if needs.teacher:
+            whole += weights
+        if needs.training:
+            whole += _training_bytes(shape, step, needs.trained_share)
+        if needs.reload:
+            whole += weights
+        if method.uses_masks:
+            whole += _mask_bytes(shape)
+        ram = {mode: RUNTIME_BYTES + base + extra + whole for mode, base in held.items()}
+        on_device = {"in_memory": weights + extra + whole,
+                     "onloaded": (shape.outer_parameters + shape.block_parameters) * run_bytes
+                     + extra + whole,
+                     "streamed": (shape.outer_parameters + shape.block_parameters) * run_bytes
+                     + extra}
+        result.steps.append(StepEstimate(step.method, ram, on_device, method.blockwise))
+    result.evaluation = _evaluation_bytes(shape, recipe, weights, held, run_bytes)
+    return result
+
+
+def step_needs(step: Any, declared: MemoryNeeds) -> MemoryNeeds:
+    """The registry's needs, narrowed by the step's own settings where they say more."""
+    refine = getattr(step, "memory_needs", None)
+    return refine(declared) if refine is not None else declared
+
+
+def _block_transient(shape: ModelShape, batch: int, seqlen: int, run_bytes: int) -> int:
+    """One block's forward on one batch: attention scores and the MLP's widest tensors."""
+    attention = batch * shape.heads * seqlen * seqlen * 4
+    mlp = 3 * batch * seqlen * shape.intermediate * run_bytes
+    return attention + mlp
+
+
+def _hessian_bytes(shape: ModelShape) -> int:
+    """One float64 `in × in` sum per distinct input of the largest block, plus the float32
+    factor of each and the float64 work space of one factorisation."""
+    distinct = sorted(set(shape.block_inputs)) or [shape.hidden]
+    sums = sum(8 * width * width for width in shape.block_inputs)
+    factors = sum(4 * width * width for width in distinct)
+    return sums + factors + 3 * 8 * max(distinct) ** 2
+
+
+def _mask_bytes(shape: ModelShape) -> int:
+    """A step that keeps earlier masks holds, per weight of the blocks, the recorded bool mask
+    and its intersection with the current nonzeros (1 byte each), and while adapters train
+    one float32 work copy (the merged weight a layer's forward and backward form): 6 bytes per
+    block weight, which is what PERP on SmolLM2 measures above the pruned model (+0.6 GB)."""
+    return 6 * shape.blocks * shape.block_parameters
+
+
+def _training_bytes(shape: ModelShape, step: Any, trained_share: float) -> int:
+    """Activations a backward pass keeps (per block: ~20 hidden-wide and 4 MLP-wide tensors
+    per token, plus the LM head's logits), and float32 gradients and AdamW state (3 copies) of
+    the trained parameters, `trained_share` of the blocks' weights."""
+    tokens = getattr(step, "batch_size", 1) * getattr(step, "seqlen", 512)
+    per_block = tokens * (20 * shape.hidden + 4 * shape.intermediate) * 4
+    if getattr(step, "gradient_checkpointing", False):
+        per_block = tokens * shape.hidden * 4 * 2
+    logits = 3 * tokens * shape.vocab * 4
+    optimizer = int(3 * 4 * trained_share * shape.blocks * shape.block_parameters)
+    return shape.blocks * per_block + logits + optimizer
+
+
+def _evaluation_bytes(shape: ModelShape, recipe: Any, weights: int, held: dict[str, int],
+                      run_bytes: int) -> dict[str, int]:
+    """Perplexity: the logits of one window (three float32 copies while the loss is formed);
+    block by block the logits of `LOGIT_CHUNK` positions, and every window's hidden states."""
+    ev = recipe.evaluation
+    if ev.windows == 0:
+        return dict.fromkeys(held, RUNTIME_BYTES)
+    logits = 3 * ev.seqlen * shape.vocab * 4
+    chunked = 3 * min(ev.seqlen, LOGIT_CHUNK) * shape.vocab * 4
+    states = 2 * ev.windows * ev.seqlen * shape.hidden * run_bytes
+    return {"in_memory": RUNTIME_BYTES + weights + logits,
+            "onloaded": RUNTIME_BYTES + weights + chunked + states,
+            "streamed": RUNTIME_BYTES + held["streamed"] + chunked + states}
+
+
+def choose_placement(estimate: Estimate, recipe: Any, limits: Limits, device_type: str) -> Plan:
+    """The recipe's placement, or the first of in_memory / onloaded / streamed that fits."""
+    if estimate.shape is None:  # nothing to estimate from: hold it in memory, as always
+        mode = "in_memory" if recipe.placement == "auto" else recipe.placement
+        return Plan(mode, None, None, limits.ram_bytes)
+    candidates = [recipe.placement] if recipe.placement != "auto" else [
+        "in_memory", "onloaded", "streamed"]
+    if device_type == "cpu" and recipe.placement == "auto":
+        candidates.remove("onloaded")  # on the CPU it is the same as in memory
+    for mode in candidates:
+        if mode == "streamed" and not all(s.blockwise for s in estimate.steps):
+            continue
+        ram, device = estimate.peak(mode), estimate.device_peak(mode)
+        fits_device = device_type == "cpu" or limits.device_bytes is None or (
+            device <= limits.device_bytes)
+        if ram <= limits.ram_bytes and fits_device:
+            return Plan(mode, ram, device if device_type != "cpu" else None, limits.ram_bytes)
+    if recipe.placement != "auto":  # a forced placement that does not fit is refused too:
+        raise DoesNotFit(_explain_forced(estimate, recipe.placement, limits))  # not OOM-killed
+    raise DoesNotFit(_explain(estimate, limits))
+
+
+def _explain_forced(estimate: Estimate, mode: str, limits: Limits) -> str:
+    """Which part of a forced placement does not fit: the RAM peak, or else the device's."""
+    need, have, where = estimate.peak(mode), limits.ram_bytes, "RAM"
+    if need <= have:
+        need, have, where = estimate.device_peak(mode), limits.device_bytes or 0, "device memory"
+    worst = max(estimate.steps, key=lambda s: s.ram[mode], default=None)
+    what = f"step {worst.method!r}" if worst and worst.ram[mode] >= need else "the evaluation"
+    return (f"placement {mode!r}: {what} needs about {need / GiB:.1f} GiB of {where}, more "
+            f"than the {have / GiB:.1f} GiB this worker has; use placement 'auto' to let the "
+            "estimate pick one that fits")
+
+
+def _explain(estimate: Estimate, limits: Limits) -> str:
+    """Which step needs how much, against what the worker has."""
+    worst = max(estimate.steps, key=lambda s: min(s.ram.values()))
+    best_mode = min(worst.ram, key=worst.ram.__getitem__)
+    if not worst.blockwise:
+        best_mode = min(("in_memory", "onloaded"), key=worst.ram.__getitem__)
+    return (f"step {worst.method!r} needs about {worst.ram[best_mode] / GiB:.1f} GiB of RAM "
+            f"even {best_mode.replace('_', ' ')}, more than the {limits.ram_bytes / GiB:.1f} "
+            "GiB this worker may use"
+            + ("" if worst.blockwise else " (it needs the whole model at once, so it cannot "
+               "be streamed block by block)"))
+
+
+def ram_limit_bytes() -> int:
+    """The smallest of physical RAM, this process's cgroup limit (v1 or v2) and
+    WORKER_MEMORY_LIMIT (bytes, or with a K/M/G suffix)."""
+    limits = [_meminfo_total()]
+    cgroup = _cgroup_limit()
+    if cgroup:
+        limits.append(cgroup)
+    configured = os.environ.get("COMPRESSORS_WORKER_MEMORY_LIMIT") or os.environ.get(
+        "WORKER_MEMORY_LIMIT")
+    if configured:
+        limits.append(parse_bytes(configured))
+    return min(limits)
+
+
+def parse_bytes(text: str) -> int:
+    """`8G`, `512M`, `1.5GiB`, `1000000` -> bytes (binary multiples)."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"memory limit {text!r}: use bytes or a K/M/G/T suffix")
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[match.group(2).upper()]
+    return int(float(match.group(1)) * scale)
+
+
+def _meminfo_total() -> int:
+    with open("/proc/meminfo", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("/proc/meminfo has no MemTotal")  # pragma: no cover - Linux always has it
+
+
+def _cgroup_limit() -> int | None:
+    """This process's memory limit from cgroup v2 (`memory.max`) or v1 (`limit_in_bytes`),
+    looking up its own cgroup path; None when unlimited or unreadable."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    found: list[int] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            candidates = [Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max",
+                          Path("/sys/fs/cgroup/unified") / path.lstrip("/") / "memory.max"]
+        elif "memory" in controllers.split(","):
+            candidates = [Path("/sys/fs/cgroup/memory") / path.lstrip("/") /
+                          "memory.limit_in_bytes"]
+        else:
+            continue
+        for candidate in candidates:
+            value = read_limit(candidate)
+            if value:
+                found.append(value)
+    return min(found) if found else None
+
+
+def read_limit(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    if text in ("", "max"):
+        return None
+    value = int(text)
+    return value if value < 2**60 else None  # v1 says "unlimited" with a huge number
+
+
+def local_limits(device: Any) -> Limits:
+    """This process's limits; the GPU's free memory is asked of torch (jobs run in a process
+    of their own, so asking there never initialises CUDA in a worker's parent)."""
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    free = None
+    if device_type == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+    return Limits(ram_limit_bytes(), free, device_type)

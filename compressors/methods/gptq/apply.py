@@ -1,0 +1,129 @@
+"""What the `gptq` and `rtn` steps share around the grid math: choosing layers and grids,
+the keep-masks of earlier pruning, installing the result, checking zeros, and the report."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressors.engine.context import StepContext
+from compressors.engine.modules import linear_layers, select_layers
+from compressors.methods.gptq.checkpoint import FORMAT_NAME, QUANT_FORMAT, install
+from compressors.methods.gptq.config import WeightGridConfig
+from compressors.methods.gptq.quant_math import (
+    STORAGE_DTYPES,
+    Grid,
+    QuantizedWeight,
+    bits_per_weight,
+    relative_error,
+    resolve_group_size,
+)
+from compressors.report.charts import layer_chart
+from compressors.report.schema import Chart
+
+
+def target_layers(model: nn.Module, config: WeightGridConfig) -> dict[str, nn.Module]:
+    """The selected layers; each must be a plain `nn.Linear` (what the format stores)."""
+    targets = select_layers(model, config.include, config.exclude)
+    conv = [name for name, layer in targets.items() if not isinstance(layer, nn.Linear)]
+    if conv:
+        raise ValueError(f"{config.method}: {len(conv)} selected layers (e.g. {conv[0]}) are "
+                         "GPT-2 Conv1D, which compressed-tensors checkpoints cannot hold; "
+                         "exclude them or use the quantize step")
+    if any(getattr(layer, "compressors_quant", None) is not None for layer in targets.values()):
+        raise ValueError(f"{config.method}: the model is already quantized; a recipe may "
+                         "quantize once")
+    return targets
+
+
+def grid_for(layer: nn.Module, name: str, config: WeightGridConfig) -> Grid:
+    """The layer's grid; an explicit group size that does not divide its width fails here,
+    naming the layer, before anything is changed."""
+    try:
+        size = resolve_group_size(layer.in_features, config.group_size)
+    except ValueError as error:
+        raise ValueError(f"{error} (layer {name})") from None
+    return Grid(config.bits, size, config.symmetric, STORAGE_DTYPES[config.scale_dtype])
+
+
+def keep_mask(layer: nn.Module, name: str, context: StepContext) -> torch.Tensor | None:
+    """Weights that must stay exactly zero are False: the recorded keep-mask of an earlier
+    pruning step (intersected with the current nonzeros, as PERP does) or, without one, the
+    current zeros. None when nothing is zero."""
+    keep = layer.weight.data != 0
+    recorded = context.masks.get(name)
+    if recorded is not None:
+        keep &= recorded.to(keep.device)
+    return None if bool(keep.all()) else keep
+
+
+class QuantRecord:
+    """Per-layer facts noted while each block is loaded, then the section and chart."""
+
+    def __init__(self, config: WeightGridConfig, metric: str) -> None:
+        self.config, self.metric = config, metric
+        self.errors: dict[str, float] = {}
+        self.groups: dict[str, int] = {}
+        self.bits: dict[str, tuple[float, int]] = {}
+        self.zeros_before = self.zeros_kept = 0
+
+    def add(self, name: str, layer: nn.Module, quantized: QuantizedWeight,
+            keep: torch.Tensor | None, hessian: torch.Tensor | None = None) -> None:
+        """Install `quantized` into `layer`, check the zeros it must keep, note its error."""
+        original = layer.weight.data.detach().to(torch.float32).clone()
+        weight = install(layer, quantized)
+        if keep is not None:
+            kept = weight[~keep.to(weight.device)] == 0
+            if not bool(kept.all()):
+                raise RuntimeError(f"{self.config.method}: {name} lost {int((~kept).sum())} "
+                                   "pruned zeros while quantizing")
+            self.zeros_before += int((~keep).sum())
+            self.zeros_kept += int(kept.sum())
+        self.errors[name] = relative_error(original, weight.to(torch.float32), hessian)
+        self.groups[name] = quantized.grid.group_size
+        rows, cols = weight.shape
+        self.bits[name] = (bits_per_weight(quantized.grid, rows, cols), rows * cols)
+
+    def section(self, context: StepContext, seconds: float,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        model_linear = len(self.errors)
+        total = sum(n for _, n in self.bits.values())
+        errors = list(self.errors.values())
+        placement_note = None
+        if context.placement_mode == "streamed":
+            placement_note = ("streamed runs publish dense weights holding the quantized values "
+                              "(the compressed-tensors checkpoint needs the model in memory or "
+                              "onloaded)")
+        return {
+            "scheme": self.config.label, "method": self.config.method, "bits": self.config.bits,
+            "group_size": self.config.group_size if self.config.group_size is not None
+            else "auto",
+            "group_sizes": {str(k): v for k, v in sorted(Counter(self.groups.values()).items())},
+            "symmetric": self.config.symmetric, "clip_search": self.config.clip_search,
+            "scale_dtype": self.config.scale_dtype,
+            "format": f"{FORMAT_NAME} {QUANT_FORMAT} (W{self.config.bits}A16)",
+            "quantized_layers": model_linear,
+            "bits_per_weight": sum(b * n for b, n in self.bits.values()) / total,
+            "quantized_weights": total,
+            "relative_error": {
+                "metric": self.metric, "mean": sum(errors) / len(errors), "max": max(errors),
+                "per_layer": self.errors,
+            },
+            "zeros_before": self.zeros_before, "zeros_kept": self.zeros_kept,
+            "quantize_seconds": seconds,
+            **({"note": placement_note} if placement_note else {}),
+            **(extra or {}),
+        }
+
+    def chart(self) -> Chart:
+        title = ("Relative quantization error per layer on the Hessian metric (‖ΔW X‖ / ‖W X‖)"
+                 if self.metric == "hessian"
+                 else "Relative quantization error per layer (‖ΔW‖ / ‖W‖)")
+        return layer_chart("quantization-error", title, self.errors, "relative error")
+
+
+def skipped_layers(model: nn.Module, targets: dict[str, nn.Module]) -> list[str]:
+    return [name for name in linear_layers(model) if name not in targets]

@@ -1,0 +1,208 @@
+"""The compressed-tensors checkpoint of GPTQ / RTN models (pack-quantized, W4A16 / W8A16).
+
+After a `gptq` or `rtn` step every quantized Linear holds its dequantized weight (what the
+model computes with, so evaluation needs no special kernels) plus a `LayerQuant` (scales, zero
+points, grid) under `QUANT_ATTR`. Saving turns each such weight back into its integer codes
+(checked to dequantize to the very same values), packs them into int32 with compressed-tensors'
+own packer, and writes `weight_packed` / `weight_scale` / `weight_shape` (and, asymmetric,
+`weight_zero_point`) in place of `weight`, with the `quantization_config` that transformers,
+vLLM and llm-compressor read (`quant_method: compressed-tensors`, `format: pack-quantized`).
+
+The in-memory weights are computed by compressed-tensors' own `dequantize`, the function its
+loaders call, so `AutoModelForCausalLM.from_pretrained(out)` (which decompresses on CPU) and
+`compressors.load(out)` give back exactly the model that was evaluated. Declared in the
+registry as the `gptq` method's format; `rtn` writes the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compressors.io.formats import MAX_SHARD, CheckpointFormat
+from compressors.io.loading import load_pretrained, read_json
+from compressors.methods.gptq.quant_math import Grid, QuantizedWeight, codes_of
+from compressors.report.schema import CheckpointInfo
+
+QUANT_ATTR = "compressors_quant"
+FORMAT_NAME = "compressed-tensors"
+QUANT_FORMAT = "pack-quantized"
+HOW_TO_LOAD = (
+    "Loads with `AutoModelForCausalLM.from_pretrained(path)` (needs the `compressed-tensors` "
+    "package; the int weights are decompressed on load, also on CPU) or `compressors.load(path)`.")
+HOW_TO_SERVE = (
+    "vLLM serves it with its int-weight kernels (W{bits}A16, compressed-tensors "
+    "pack-quantized): `vllm serve {{path}} --dtype float16` (or `from vllm import LLM; "
+    "LLM(model=path, dtype='float16')`); the scales are stored in {scale_dtype}.")
+
+
+@dataclass
+class LayerQuant:
+    """What the checkpoint needs of a quantized layer besides its (dequantized) weight."""
+
+    scale: torch.Tensor  # [out, groups], in the storage dtype, on CPU
+    zero: torch.Tensor  # int8 [out, groups], all 0 when symmetric
+    grid: Grid
+
+
+def ct_args(grid: Grid):
+    """The compressed-tensors `QuantizationArgs` of a grid."""
+    from compressed_tensors.quantization import QuantizationArgs
+
+    if grid.group_size == -1:
+        return QuantizationArgs(num_bits=grid.bits, type="int", symmetric=grid.symmetric,
+                                strategy="channel")
+    return QuantizationArgs(num_bits=grid.bits, type="int", symmetric=grid.symmetric,
+                            strategy="group", group_size=grid.group_size)
+
+
+def stored_dense(quantized: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """The weight exactly as compressed-tensors' loaders dequantize it for a model loaded in
+    `dtype`: transformers casts the stored scales to the model's dtype and the library
+    computes `(q − z) · s` in it. Both factors are exact in `dtype` (small integers, a
+    stored scale), so the product is one rounding whatever the order of operations: bit for
+    bit what the loader gets (a test reloads in a fresh process to keep it so)."""
+    grid = quantized.grid
+    width = grid.width(quantized.codes.shape[1])
+    scale = quantized.scale.to(grid.scale_dtype).to(dtype).repeat_interleave(width, dim=1)
+    codes = quantized.codes.to(dtype)
+    if not grid.symmetric:
+        codes = codes - quantized.zero.to(dtype).repeat_interleave(width, dim=1)
+    return codes * scale
+
+
+def install(layer: nn.Module, quantized: QuantizedWeight) -> torch.Tensor:
+    """Write the stored weight into `layer` (its dtype) and attach what saving needs."""
+    weight = layer.weight.data
+    weight.copy_(stored_dense(quantized, weight.dtype).to(weight.device))
+    setattr(layer, QUANT_ATTR, LayerQuant(
+        quantized.scale.to(quantized.grid.scale_dtype).cpu(), quantized.zero.cpu(),
+        quantized.grid))
+    return weight
+
+
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if getattr(m, QUANT_ATTR, None) is not None}
+
+
+def layer_codes(layer: nn.Module) -> torch.Tensor:
+    """The int8 codes of a quantized layer, recovered from its weight and checked exact."""
+    quant: LayerQuant = getattr(layer, QUANT_ATTR)
+    weight = layer.weight.data.detach().cpu()
+    width = quant.grid.width(weight.shape[1])
+    scale = quant.scale.to(torch.float32).repeat_interleave(width, dim=1)
+    zero = quant.zero.to(torch.float32).repeat_interleave(width, dim=1)
+    codes = codes_of(weight.to(torch.float32), scale, zero, quant.grid).to(torch.int8)
+    again = stored_dense(QuantizedWeight(codes, quant.scale.float(), quant.zero, quant.grid),
+                         weight.dtype)
+    if not torch.equal(again, weight):
+        raise ValueError("a quantized layer's weight is off its grid (changed after quantizing)")
+    return codes
+
+
+def _compressed_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    quant: LayerQuant = getattr(layer, QUANT_ATTR)
+    codes = layer_codes(layer)
+    tensors = {
+        "weight_packed": pack_to_int32(codes, quant.grid.bits),
+        "weight_scale": quant.scale.contiguous(),
+        "weight_shape": torch.tensor(list(codes.shape)),
+    }
+    if not quant.grid.symmetric:
+        tensors["weight_zero_point"] = pack_to_int32(quant.zero.contiguous(), quant.grid.bits,
+                                                     packed_dim=0).contiguous()
+    return tensors
+
+
+def quantization_config(model: nn.Module, layers: dict[str, nn.Module]):
+    """compressed-tensors' `QuantizationConfig`: one config group per grid; every other
+    Linear (the LM head, excluded layers) is listed under `ignore`."""
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
+
+    by_grid: dict[Grid, list[str]] = defaultdict(list)
+    for name, layer in layers.items():
+        by_grid[getattr(layer, QUANT_ATTR).grid].append(name)
+    ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in layers]
+    groups = {}
+    for index, (grid, names) in enumerate(by_grid.items()):
+        targets = ["Linear"] if len(by_grid) == 1 else [f"re:^{re.escape(n)}$" for n in names]
+        groups[f"group_{index}"] = QuantizationScheme(targets=targets, weights=ct_args(grid))
+    return QuantizationConfig(config_groups=groups, format=QUANT_FORMAT,
+                              quantization_status="compressed", ignore=ignore)
+
+
+def save(model: nn.Module, folder: Path) -> CheckpointInfo | None:
+    """Write a GPTQ / RTN model as compressed-tensors; None for any other model."""
+    layers = quantized_layers(model)
+    if not layers:
+        return None
+    from compressed_tensors.compressors import ModelCompressor
+
+    state = dict(model.state_dict())
+    for name, layer in layers.items():
+        del state[f"{name}.weight"]
+        state.update({f"{name}.{k}": v for k, v in _compressed_tensors(layer).items()})
+    model.save_pretrained(folder, state_dict=state, safe_serialization=True,
+                          max_shard_size=MAX_SHARD)
+    config = quantization_config(model, layers)
+    ModelCompressor(quantization_config=config).update_config(str(folder))
+    grids = {getattr(m, QUANT_ATTR).grid for m in layers.values()}
+    bits = "/".join(sorted({str(g.bits) for g in grids}))
+    scale_dtype = "/".join(sorted({str(g.scale_dtype).removeprefix("torch.") for g in grids}))
+    return CheckpointInfo(format=f"{FORMAT_NAME} ({QUANT_FORMAT})", needs_compressors_load=False,
+                          how_to_load=HOW_TO_LOAD,
+                          how_to_serve=HOW_TO_SERVE.format(bits=bits, scale_dtype=scale_dtype))
+
+
+def is_compressed_tensors(folder: Path) -> bool:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return False
+    quant = read_json(path).get("quantization_config") or {}
+    return quant.get("quant_method") == FORMAT_NAME
+
+
+def load(folder: Path, dtype: torch.dtype | None) -> nn.Module | None:
+    """A compressed-tensors checkpoint, decompressed into plain Linear layers; else None.
+
+    transformers loads the packed tensors and would decompress them on the first forward
+    pass; here every layer is decompressed at once and its quantization metadata removed, so
+    the model is the plain dense model the step evaluated (counts, saving, training work as
+    on any model)."""
+    if not is_compressed_tensors(folder):
+        return None
+    from compressed_tensors.compressors.base import decompress_module
+    from compressed_tensors.quantization.utils import is_module_quantized
+
+    model = load_pretrained(Path(folder), dtype)
+    for module in model.modules():
+        if is_module_quantized(module):
+            decompress_module(module)
+            _plain(module)
+    hook = getattr(model, "ct_decompress_hook", None)
+    if hook is not None:
+        hook.remove()
+        del model.ct_decompress_hook
+    return model
+
+
+def _plain(module: nn.Module) -> None:
+    """A decompressed layer back to a plain Linear: quantization parameters, scheme and any
+    wrapped forward removed (the weight itself is what the step computed with)."""
+    for name in [n for n, _ in module.named_parameters(recurse=False) if n.startswith("weight_")]:
+        delattr(module, name)
+    if hasattr(module.forward, "__wrapped__"):
+        module.forward = module.forward.__wrapped__.__get__(module)
+    for attr in ("quantization_scheme", "quantization_status", "quantization_enabled"):
+        if hasattr(module, attr):
+            delattr(module, attr)
+
+
+FORMAT = CheckpointFormat(FORMAT_NAME, save, load)

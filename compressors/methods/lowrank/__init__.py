@@ -1,0 +1,1 @@
+"""The `lowrank` method: `config` (torch-free settings) and `step.run`."""

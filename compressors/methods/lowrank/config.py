@@ -1,0 +1,154 @@
+"""The `lowrank` recipe step's settings: activation-whitened SVD (SVD-LLM), ranks allocated by
+the truncation loss, a least-squares refit, then PELA training (Guo et al.).
+
+Exactly one way of choosing ranks must be given, so a recipe never silently means two things
+(the JSON schema says so too, as a `oneOf`); every out-of-range value fails with the field's
+name and the allowed range. The optimizer fields are the shared `TrainingConfig`'s.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from compressors.recipe.fields import LayerSelection, StepConfig, TrainingConfig, WeightForm
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressors.methods import MemoryNeeds
+
+RANK_FIELDS = ("ratio", "rank", "energy", "target_params")
+
+
+def _one_rank_rule_schema(schema: dict[str, Any]) -> None:
+    """The schema says what the validator enforces: exactly one way of choosing ranks."""
+    schema["oneOf"] = [{"required": [name]} for name in RANK_FIELDS]
+
+
+class LowRankConfig(StepConfig, LayerSelection, TrainingConfig):
+    """Factorize Linear layers as up @ down (Σ^½ in both), then train only the factors."""
+
+    model_config = ConfigDict(json_schema_extra=_one_rank_rule_schema)
+
+    method: Literal["lowrank"] = "lowrank"
+    ratio: float | None = Field(
+        None, gt=1.0, le=1e4,
+        description="PELA's compression ratio: rank = in*out / (ratio*(in+out)); in (1, 1e4]",
+    )
+    rank: int | None = Field(None, ge=1, le=65536, description="one rank for every layer, >= 1")
+    energy: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="smallest rank keeping this share of Σσ² per layer; in (0, 1)",
+    )
+    target_params: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="fraction of the targeted layers' parameters to keep, allocated across "
+        "layers (0.667 = one third fewer); in (0, 1)",
+    )
+    init: Literal["whitened", "svd"] = Field(
+        "whitened",
+        description="whitened = truncated SVD of W·S with S Sᵀ = XXᵀ the layer's calibration "
+        "Gram matrix (SVD-LLM: minimises the output error, block by block on inputs that "
+        "passed through the already-factorized blocks); svd = plain truncated SVD of W "
+        "(minimises the weight error, needs no calibration)",
+    )
+    allocation: Literal["loss", "uniform", "energy"] = Field(
+        "loss",
+        description="target_params only: loss = global greedy on the truncation loss σ² "
+        "(relative to each layer's output energy) saved per parameter, layers where it pays "
+        "more stay dense; uniform = every layer keeps the same fraction; energy = the "
+        "older greedy on the plain weight spectrum",
+    )
+    max_layer_keep: float = Field(
+        0.9, gt=0.0, le=1.0,
+        description="a layer whose factors would keep more than this share of its "
+        "parameters (and FLOPs) stays dense: two thin matmuls saving less rarely run faster; "
+        "1.0 = factorize whenever it saves anything; in (0, 1]",
+    )
+    dampening: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="whitened init: λ added to the Gram diagonal, relative to its mean "
+        "(inputs that never fire); in [0, 1]",
+    )
+    refit: bool = Field(
+        True,
+        description="whitened init: with `down` fixed, refit `up` by least squares so the "
+        "factorized layer matches the original model's layer output (on the original "
+        "model's inputs), which also corrects drift from earlier blocks; kept only where "
+        "it lowers the measured error",
+    )
+    train_steps: int = Field(
+        200, ge=0, le=1_000_000, description="PELA training steps; 0 = SVD only; in [0, 1000000]"
+    )
+    lr: float = Field(1e-4, gt=0.0, le=1.0, description="AdamW learning rate, in (0, 1]")
+    warmup: int = Field(0, ge=0, le=1_000_000,
+                        description="linear warm-up steps (capped at train_steps)")
+    lm_weight: float = Field(
+        1.0, ge=0.0, le=1e3,
+        description="weight of the next-token loss (causal LMs only; ignored for encoders); "
+        "in [0, 1000]",
+    )
+    distill_alpha: float = Field(
+        1.0, ge=0.0, le=1e3,
+        description="α: weight of the per-block hidden-state distillation from the frozen "
+        "original; in [0, 1000]",
+    )
+    perturbation_lambda: float = Field(
+        0.1, ge=0.0, le=1e3,
+        description="λ: weight of the weight-perturbation regularizer "
+        "mean ‖up@down − W‖²/‖W‖²; in [0, 1000]",
+    )
+    train_norms: bool = Field(False, description="also train normalization layers")
+    export_dense: bool = Field(
+        False,
+        description="merge the factors back into dense weights after training, so the "
+        "checkpoint is the standard architecture (no size saving on disk)",
+    )
+    evaluate: bool = Field(
+        True,
+        description="measure quality after SVD and after training (perplexity for causal "
+        "LMs, sentence-embedding cosine to the original for encoders) for the report",
+    )
+    cosine_sentences: int = Field(
+        64, ge=1, le=10_000,
+        description="encoders: held-out sentences for the embedding cosine; in [1, 10000]",
+    )
+
+    @model_validator(mode="after")
+    def _one_rank_rule(self) -> LowRankConfig:
+        given = [name for name in RANK_FIELDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"ratio/rank/energy/target_params: give exactly one, got {given or 'none'}"
+            )
+        return self
+
+    def weights_after(self) -> WeightForm:
+        """Factors are final unless merged back: `quantize`/`gptq` take only dense Linear
+        weights, so the recipe refuses them after a factorized step (422 naming both)."""
+        return "dense" if self.export_dense else "factorized"
+
+    def memory_needs(self, declared: MemoryNeeds) -> MemoryNeeds:
+        """What this step holds, narrowed from the registry's worst case: no teacher or
+        optimizer state without training, no Gram matrices with the plain init; PELA trains
+        every factor, the kept share of the targeted weights (at most `max_layer_keep` when
+        the rule sets ranks per layer)."""
+        from dataclasses import replace
+
+        kept = self.target_params if self.ratio is None else 1.0 / self.ratio
+        return replace(declared, hessians=self.init == "whitened",
+                       teacher=declared.teacher and self.train_steps > 0,
+                       training=declared.training and self.train_steps > 0,
+                       trained_share=kept if kept is not None else self.max_layer_keep)
+
+    def placement_error(self, placement: str) -> str | None:
+        """Why this step cannot run with the model held `placement`, or None.
+
+        Factorization runs block by block on the sequential engine, but PELA training
+        back-propagates through the whole model (LM loss at the head, distillation at every
+        block), so it needs the whole model on the device at once."""
+        if placement in ("onloaded", "streamed") and self.train_steps > 0:
+            return (f"lowrank with train_steps > 0 (PELA) trains the whole model at once and "
+                    f"cannot run {placement}; use train_steps: 0 (whitened SVD + refit run "
+                    "block by block) or placement in_memory")
+        return None

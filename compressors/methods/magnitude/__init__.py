@@ -1,0 +1,1 @@
+"""The `magnitude` method: `config` (torch-free settings) and `step.run`."""

@@ -1,0 +1,1 @@
+"""The `perp` method: `config` (torch-free settings) and `step.run`."""

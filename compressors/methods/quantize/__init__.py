@@ -1,0 +1,1 @@
+"""The `quantize` method: `config` (torch-free settings) and `step.run`."""

@@ -1,0 +1,83 @@
+"""The `quantize` recipe step's parameters: bitsandbytes int8 / nf4 / fp4, plus optional LoRC."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from compressors.recipe.fields import (
+    LayerSelection,
+    StepConfig,
+    WeightForm,
+    int_choice,
+    rename_deprecated,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+class QuantizeConfig(StepConfig, LayerSelection):
+    """bitsandbytes weight quantization of Linear layers (LLM.int8, or 4-bit nf4/fp4).
+
+    The layers are chosen like every other step's (`include` / `exclude`; `skip` is the
+    deprecated name of `exclude`): by default every Linear-like layer in the transformer
+    blocks, never embeddings or the LM head. Runs last: packed weights cannot be edited.
+    """
+
+    method: Literal["quantize"] = "quantize"
+    bits: int_choice(4, 8) = Field(4, description="8: LLM.int8 with outliers; 4: nf4 / fp4 blocks")
+    threshold: float = Field(
+        6.0, ge=0.0, le=1e4,
+        description="bits 8 only: activation magnitude above which a column runs in 16-bit; "
+        "0 turns outlier decomposition off",
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="bits 4 only: the 4-bit code")
+    double_quant: bool = Field(False, description="bits 4 only: quantize the block scales too")
+    blocksize: int_choice(64, 128, 256, 512, 1024, 2048, 4096) = Field(
+        64, description="bits 4 only: weights per scale; must divide every layer's in_features",
+    )
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="bits 4 only: dtype of the matmul after dequantizing",
+    )
+    lorc_rank: int = Field(
+        0, ge=0, le=4096,
+        description="rank of the low-rank correction of each layer's quantization error "
+        "(LoRC, ZeroQuant-V2); 0 turns it off",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _skip_alias(cls, data: Any) -> Any:
+        return rename_deprecated(data, "skip", "exclude")
+
+    @model_validator(mode="after")
+    def _four_bit_options_need_four_bits(self) -> QuantizeConfig:
+        if self.bits == 8:
+            changed = [
+                name for name in ("quant_type", "double_quant", "blocksize", "compute_dtype")
+                if getattr(self, name) != type(self).model_fields[name].default
+            ]
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: only apply with bits: 4 (got bits: 8)")
+        return self
+
+    def weights_after(self) -> WeightForm:
+        return "quantized"
+
+    @property
+    def torch_compute_dtype(self) -> torch.dtype:
+        import torch  # here, not at the top: the API validates this config without torch
+
+        return getattr(torch, self.compute_dtype)
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: int8, nf4, nf4+dq, nf4+lorc16, ..."""
+        name = "int8" if self.bits == 8 else self.quant_type
+        if self.bits == 4 and self.double_quant:
+            name += "+dq"
+        if self.lorc_rank:
+            name += f"+lorc{self.lorc_rank}"
+        return name

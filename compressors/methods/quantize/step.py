@@ -1,0 +1,193 @@
+"""The `quantize` step: swap Linear layers for bitsandbytes ones, optionally add LoRC factors.
+
+Quantizing goes through transformers' own bitsandbytes loader (save the current weights to a
+temporary folder, reload with a `BitsAndBytesConfig`), so the result carries the same
+`quantization_config` and module layout as any bitsandbytes checkpoint and saves and reloads
+with stock transformers. Pruned zeros survive: every code book here maps 0 to exactly 0.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressors.engine.context import StepContext, StepResult
+from compressors.engine.layers import memory_footprint
+from compressors.engine.modules import linear_layers, select_layers, weight_matrix
+from compressors.methods.quantize import lorc
+from compressors.methods.quantize.config import QuantizeConfig
+from compressors.methods.quantize.layers import (
+    attach_correction,
+    bnb_layers,
+    dequantize,
+    is_bnb_layer,
+    remember_canonical,
+)
+
+DEFAULT_4BIT_BLOCKSIZE = 64  # what transformers' loader quantizes with
+
+
+def bnb_config(config: QuantizeConfig, skip_names: list[str]):
+    """The transformers `BitsAndBytesConfig` for this step; `skip_names` are exact layer names."""
+    from transformers import BitsAndBytesConfig
+
+    skip = [re.escape(name) for name in skip_names]
+    if config.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=config.threshold,
+                                  llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=config.quant_type,
+        bnb_4bit_use_double_quant=config.double_quant,
+        bnb_4bit_compute_dtype=config.torch_compute_dtype, llm_int8_skip_modules=skip,
+    )
+
+
+def split_targets(
+    model: nn.Module, config: QuantizeConfig
+) -> tuple[dict[str, nn.Module], list[str]]:
+    """(layers to quantize, Linear-like layers kept in full precision)."""
+    targets = select_layers(model, config.include, config.exclude)
+    skipped = [name for name in linear_layers(model) if name not in targets]
+    return targets, skipped
+
+
+def _check_blocksize(targets: dict[str, nn.Module], config: QuantizeConfig) -> None:
+    if config.bits == 4:
+        bad = [n for n, m in targets.items() if weight_matrix(m).shape[1] % config.blocksize]
+        if bad:
+            raise ValueError(f"blocksize: {config.blocksize} does not divide in_features of "
+                             f"{len(bad)} layers (e.g. {bad[0]}); use a divisor such as 64")
+
+
+def _dense_dtype(model: nn.Module) -> torch.dtype:
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def reload_quantized(
+    model: nn.Module, quantization_config: Any, device: torch.device
+) -> nn.Module:
+    """Round-trip through a temporary safetensors folder into bitsandbytes layers."""
+    config = getattr(model, "config", None)
+    existing = getattr(config, "quantization_config", None)
+    if existing is not None:
+        method = existing.get("quant_method") if isinstance(existing, dict) else getattr(
+            existing, "quant_method", None)
+        if str(getattr(method, "value", method)) != "gguf":
+            raise ValueError(f"quantize: the model is already quantized ({method})")
+        del config.quantization_config  # GGUF is dequantized on load: plain weights now
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        model.save_pretrained(Path(tmp), safe_serialization=True)
+        quantized = type(model).from_pretrained(
+            tmp, quantization_config=quantization_config, dtype=_dense_dtype(model),
+            device_map={"": device}, local_files_only=True, trust_remote_code=False,
+        )
+    quantized.eval()
+    return quantized
+
+
+def requantize_blocksize(
+    quantized: nn.Module, originals: dict[str, torch.Tensor], blocksize: int
+) -> None:
+    """transformers always uses 64-weight blocks; re-quantize from the dense weights otherwise."""
+    import bitsandbytes as bnb
+
+    layers = dict(bnb_layers(quantized))
+    for name, dense in originals.items():
+        layer = layers[name]
+        settings = {k: v for k, v in layer.weight.__dict__.items()
+                    if k not in {"quant_state", "bnb_quantized", "blocksize"}}
+        weight = bnb.nn.Params4bit(dense.detach().clone(), requires_grad=False,
+                                   blocksize=blocksize, **settings)
+        layer.weight = weight.to(layer.weight.device)
+
+
+def add_corrections(
+    quantized: nn.Module, originals: dict[str, torch.Tensor], rank: int, progress
+) -> dict[str, Any]:
+    """LoRC on every quantized layer; returns the rank / extra bytes / layer-error summary."""
+    layers = dict(bnb_layers(quantized))
+    extra_bytes = extra_parameters = 0
+    errors_before: list[float] = []
+    errors_after: list[float] = []
+    for index, (name, dense) in enumerate(originals.items()):
+        layer = layers[name]
+        reference = dense.detach().float().to(layer.weight.device)
+        approx = dequantize(layer)
+        up, down = lorc.low_rank_factors(reference - approx, rank)
+        attach_correction(layer, up, down)
+        extra_bytes += lorc.factor_bytes(up, down)
+        extra_parameters += up.numel() + down.numel()
+        errors_before.append(lorc.relative_error(reference, approx))
+        errors_after.append(lorc.relative_error(reference, lorc.corrected(approx, up, down)))
+        progress((index + 1) / len(originals), f"LoRC rank {rank}: {name}")
+    return {
+        "rank": rank, "layers": len(originals), "factor_dtype": str(lorc.FACTOR_DTYPE),
+        "extra_parameters": extra_parameters, "extra_bytes": extra_bytes,
+        "mean_relative_error_before": sum(errors_before) / len(errors_before),
+        "mean_relative_error_after": sum(errors_after) / len(errors_after),
+    }
+
+
+def zeros_kept(quantized: nn.Module, originals: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Exact zeros in the dense weights, and how many are still exact zeros after quantizing."""
+    layers = dict(bnb_layers(quantized))
+    before = kept = after = 0
+    for name, dense in originals.items():
+        zero = dense == 0
+        deq_zero = dequantize(layers[name]).to(zero.device) == 0
+        before += int(zero.sum())
+        kept += int((zero & deq_zero).sum())
+        after += int(deq_zero.sum())
+    return {"zeros_before": before, "zeros_kept": kept, "zeros_after": after}
+
+
+def effective_compute(config: QuantizeConfig, device: torch.device) -> str:
+    """What the matmul really runs in: bitsandbytes' AVX512-BF16 CPU kernel ignores
+    `compute_dtype` and works in bfloat16; LLM.int8 runs float16 inputs through int8."""
+    if config.bits == 8:
+        return "LLM.int8: int8 x int8, float16 outlier columns above the threshold"
+    if device.type == "cpu":
+        from bitsandbytes.functional import has_avx512bf16
+
+        if has_avx512bf16():
+            return "bfloat16 (bitsandbytes AVX512-BF16 CPU kernel)"
+    return config.compute_dtype
+
+
+def run(model: nn.Module, config: QuantizeConfig, context: StepContext) -> StepResult:
+    if any(is_bnb_layer(m) for m in model.modules()):
+        raise ValueError("quantize: the model is already quantized; a recipe may quantize once")
+    targets, skipped = split_targets(model, config)
+    _check_blocksize(targets, config)
+    footprint_before = memory_footprint(model)
+    originals = {name: weight_matrix(layer) for name, layer in targets.items()}
+    context.progress(0.05, f"quantizing {len(targets)} layers to {config.label}")
+    began = time.perf_counter()
+    quantized = reload_quantized(model, bnb_config(config, skipped), context.device)
+    if config.bits == 4 and config.blocksize != DEFAULT_4BIT_BLOCKSIZE:
+        requantize_blocksize(quantized, originals, config.blocksize)
+    remember_canonical(quantized)
+    section: dict[str, Any] = {
+        "scheme": config.label, "bits": config.bits, "quantized_layers": len(targets),
+        "skipped_layers": skipped, "compute": effective_compute(config, context.device),
+        **zeros_kept(quantized, originals),
+    }
+    if config.lorc_rank:
+        section["lorc"] = add_corrections(quantized, originals, config.lorc_rank, context.progress)
+        section["lorc"]["note"] = ("the factors add a dense low-rank term: zeros of the stored "
+                                   "weights are not zeros of the corrected weights")
+    seconds = time.perf_counter() - began
+    section["quantize_seconds"] = seconds
+    section["footprint_bytes"] = {"before": footprint_before, "after": memory_footprint(quantized)}
+    details = {"scheme": config.label, "quantized_layers": len(targets),
+               "quantize_seconds": seconds}
+    if config.lorc_rank:
+        details["lorc_extra_bytes"] = section["lorc"]["extra_bytes"]
+    context.progress(1.0, "quantized")
+    return StepResult(details=details, section=section, model=quantized)

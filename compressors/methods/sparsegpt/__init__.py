@@ -1,0 +1,1 @@
+"""The `sparsegpt` method: `config` (torch-free settings) and `step.run`."""

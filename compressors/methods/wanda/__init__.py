@@ -1,0 +1,1 @@
+"""The `wanda` method: `config` (torch-free settings) and `step.run`."""

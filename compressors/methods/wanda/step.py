@@ -1,0 +1,48 @@
+"""Wanda (Sun et al., 2023): prune by |W_ij| * ||X_j||_2, compared within each output row.
+
+The input norms come from the calibration windows through the sequential engine, so block k
+sees activations produced by the already-pruned blocks 0..k-1, as in the paper's code. All
+layers of a block are scored on one pass over the dense block, then pruned together.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compressors.engine.context import StepContext, StepResult
+from compressors.engine.modules import select_layers, weight_matrix
+from compressors.engine.pruning import PruningRecord, apply_mask
+from compressors.engine.sequential import BlockContext, run_sequential
+from compressors.methods.wanda.config import WandaConfig
+from compressors.ops.masks import choose_mask, wanda_scores
+
+
+class InputNormAccumulator:
+    """Per-layer running sum of squared input activations, one value per input feature."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, _layer: nn.Module, inputs: torch.Tensor) -> None:
+        squared = inputs.float().pow(2).sum(dim=0)
+        if name in self.sums:
+            self.sums[name] += squared
+        else:
+            self.sums[name] = squared
+
+
+def run(model: nn.Module, config: WandaConfig, context: StepContext) -> StepResult:
+    layers = select_layers(model, config.include, config.exclude)
+    record = PruningRecord(context, config)
+
+    def prune_block(block: BlockContext) -> None:
+        norms = InputNormAccumulator()
+        block.collect(norms)
+        for name, layer in block.layers.items():
+            scores = wanda_scores(weight_matrix(layer), norms.sums[name])
+            apply_mask(layer, choose_mask(scores, config.sparsity_for(name), config.nm))
+        record.add(block.layers)
+
+    run_sequential(model, context.calibration_tokens(), layers, prune_block, context.progress)
+    return StepResult(details=record.details())

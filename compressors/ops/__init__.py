@@ -1,0 +1,1 @@
+"""Pure tensor math shared by several methods (masks, layer Hessians): no modules, no hooks."""

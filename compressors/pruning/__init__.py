@@ -1,1 +1,0 @@
-"""Pruning methods: one module each, with the mask math in `masks.py`."""

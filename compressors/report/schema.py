@@ -1,0 +1,124 @@
+"""The compression report as typed records (torch-free): what `compress` returns, what
+`compression_report.json` holds, what the worker summarises and the dashboard draws.
+
+The top level is fixed here. Each method's own section (`retraining`, `lowrank`,
+`quantization`, ...) is a top-level key named by the registry (`Method.section`) and kept as
+the method wrote it, so adding a method never touches this file; `section(name)` reads one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelMetrics(BaseModel):
+    """One side of the before/after comparison."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    perplexity: float | None = Field(None, description="on the evaluation windows; null: skipped")
+    parameters: int = Field(description="logical parameters (tied tensors once)")
+    nonzero_parameters: int
+    footprint_bytes: int = Field(description="bytes the weights take in memory")
+    size_bytes: int | None = Field(None, description="bytes of weight files on disk")
+    latency_ms: float | None = Field(None, description="median forward pass, batch 1")
+    seqlen: int | None = Field(None, description="tokens of the latency measurement")
+    tokens_per_second: float | None = None
+
+
+class BeforeAfter(BaseModel):
+    before: ModelMetrics
+    after: ModelMetrics
+
+
+class SparsityReport(BaseModel):
+    total: float = Field(description="zeros over the pruned (or, if none, block) layers")
+    model: float = Field(description="zeros over every parameter of the model")
+    per_layer: dict[str, float] = Field(default_factory=dict)
+
+
+class StepReport(BaseModel):
+    """One step's entry; method-specific details sit beside the fixed fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method: str
+    seconds: float
+    config: dict[str, Any]
+
+
+class Series(BaseModel):
+    name: str
+    points: list[tuple[float | str, float]]
+
+
+class Chart(BaseModel):
+    """A chart any client can draw without knowing the method that made it."""
+
+    id: str
+    title: str
+    kind: Literal["line", "bar"]
+    x_label: str
+    y_label: str
+    log_y: bool = False
+    series: list[Series]
+    reference: float | None = Field(None, description="a horizontal reference line")
+
+
+class CheckpointInfo(BaseModel):
+    """Said by the checkpoint format at save time."""
+
+    format: str
+    needs_compressors_load: bool
+    how_to_load: str
+    how_to_serve: str | None = Field(
+        None, description="how to serve it with an inference engine (e.g. vLLM), where the "
+        "format is one they read; `{path}` stands for the checkpoint folder")
+
+
+class StepMemory(BaseModel):
+    """The estimate of one step's peak, made before the run."""
+
+    method: str
+    ram_bytes: int
+    device_bytes: int
+
+
+class MemoryReport(BaseModel):
+    """How the model was held, and the memory estimate beside the measured peak."""
+
+    placement: Literal["in_memory", "onloaded", "streamed"]
+    dtype: str
+    estimated_peak_bytes: int | None = Field(None, description="RAM, for the chosen placement")
+    estimated_device_bytes: int | None = None
+    limit_bytes: int | None = Field(None, description="what this process was allowed")
+    measured_peak_bytes: int
+    steps: list[StepMemory] = Field(default_factory=list)
+
+
+class CompressionReport(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the methods' sections
+
+    base_model: str
+    recipe: dict[str, Any]
+    steps: list[StepReport]
+    metrics: BeforeAfter
+    sparsity: SparsityReport
+    charts: list[Chart] = Field(default_factory=list)
+    checkpoint: CheckpointInfo
+    memory: MemoryReport | None = None
+    peak_memory_bytes: int
+    peak_cuda_memory_bytes: int | None = None
+    seconds_total: float
+    device: str
+    versions: dict[str, str]
+
+    def section(self, name: str) -> dict[str, Any] | None:
+        """A method's section (e.g. "retraining"), or None if no step wrote it."""
+        return (self.model_extra or {}).get(name)
+
+    def to_json(self) -> dict[str, Any]:
+        """Exactly what `compression_report.json` holds."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,113 @@
+"""A job's goal: what to optimise and under which budget, instead of a recipe (torch-free).
+
+Validated at the edge like a recipe (strict, unknown keys are errors naming the key), so the
+API answers 422 naming the field before anything is queued.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
+from compressors.search.operations import OPERATIONS
+
+Objective = Literal["size_bytes", "perplexity", "latency_ms"]
+SearchDtype = Literal["float32", "bfloat16"]
+
+
+class Goal(BaseModel):
+    """`minimize` one metric subject to budgets on the others.
+
+    Perplexity budgets are ratios to the dense model on the same evaluation windows (the
+    search measures the dense model itself); size budgets are bytes of stored weights, or a
+    ratio to the original checkpoint's weight files.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    minimize: Objective = Field("size_bytes", description="the metric to make smallest")
+    max_perplexity_ratio: float | None = Field(
+        None, gt=1.0, le=100.0,
+        description="perplexity at most this times the dense model's, in (1, 100]")
+    max_size_bytes: int | None = Field(
+        None, ge=1, le=2**50, description="stored weight bytes at most this, in [1, 2^50]")
+    max_size_ratio: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="stored weight bytes at most this fraction of the original's, in (0, 1]")
+    methods: list[str] = Field(
+        default_factory=lambda: ["quantize"], min_length=1, max_length=len(OPERATIONS),
+        description=f"methods the search may use: {', '.join(OPERATIONS)}")
+    dtypes: list[SearchDtype] = Field(
+        default_factory=lambda: ["float32", "bfloat16"], min_length=1, max_length=2,
+        description="dtypes the published model may be held in (the layers left dense, the "
+        "embeddings and norms are stored in it)")
+    budget_minutes: float = Field(
+        120.0, gt=0.0, le=10080.0,
+        description="wall-time budget; verification stops starting candidates past it")
+    candidates: int = Field(3, ge=1, le=16, description="allocations verified, in [1, 16]")
+    refine: bool = Field(
+        True, description="after the first verifications, rescale the predictions by what was "
+        "measured and verify the re-allocated choice once more")
+    verify_windows: int = Field(
+        6, ge=1, le=2048,
+        description="evaluation windows of the quick verification runs, in [1, 2048]")
+    sensitivity: CalibrationConfig = Field(
+        default_factory=lambda: CalibrationConfig(samples=4, seqlen=256),
+        description="calibration windows the per-layer sensitivities are measured on")
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig,
+        description="calibration of the recipes the search writes (protocol default)")
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig,
+        description="evaluation of the chosen recipe (protocol default)")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in OPERATIONS]
+        if unknown:
+            raise ValueError(f"unknown or unsearchable method {unknown[0]!r}; allowed: "
+                             f"{', '.join(OPERATIONS)}")
+        if len(set(methods)) != len(methods):
+            raise ValueError("each method at most once")
+        return methods
+
+    @model_validator(mode="after")
+    def _budget_fits_objective(self) -> Goal:
+        sized = self.max_size_bytes is not None or self.max_size_ratio is not None
+        if self.minimize in ("size_bytes", "latency_ms") and self.max_perplexity_ratio is None:
+            raise ValueError(f"max_perplexity_ratio: required when minimizing {self.minimize}")
+        if self.minimize == "perplexity" and not sized:
+            raise ValueError("max_size_bytes: minimizing perplexity needs a size budget "
+                             "(max_size_bytes or max_size_ratio)")
+        if self.max_size_bytes is not None and self.max_size_ratio is not None:
+            raise ValueError("max_size_ratio: give max_size_bytes or max_size_ratio, not both")
+        if not any(OPERATIONS[m].saves_bytes for m in self.methods) and sized:
+            raise ValueError("methods: none of them shrinks the checkpoint (pruned zeros are "
+                             "stored), so a size budget cannot be searched; add quantize")
+        return self
+
+    def size_limit(self, original_bytes: int) -> float | None:
+        """The size budget in bytes, given the original checkpoint's weight bytes."""
+        if self.max_size_bytes is not None:
+            return float(self.max_size_bytes)
+        if self.max_size_ratio is not None:
+            return self.max_size_ratio * original_bytes
+        return None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_goal(data: dict[str, Any] | str | Path) -> Goal:
+    """From a dict, a JSON string or a `.json` file."""
+    if isinstance(data, dict):
+        return Goal.model_validate(data)
+    text = str(data)
+    if not text.lstrip().startswith("{"):
+        text = Path(text).read_text(encoding="utf-8")
+    return Goal.model_validate(json.loads(text))

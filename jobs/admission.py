@@ -1,0 +1,199 @@
+"""Admission: what submission checks beyond the recipe's own validation, before a job queues.
+
+Two things a recipe cannot know alone, both read without torch and without loading a model:
+
+- its layer selection must match layers of *this* model (`include: ["zzzz"]` would change
+  nothing, and a job that changes nothing is an error), read from the safetensors headers;
+- the job must fit a worker: the memory estimate (`compressors.memory`) of this model and
+  recipe, against the largest limits a live worker advertises (its RAM, cgroup limit and
+  WORKER_MEMORY_LIMIT, written beside its heartbeat), so `samples: 1024, seqlen: 8192` on a
+  model too large for them is a 422 naming the bytes instead of a job that dies of OOM.
+
+The worker checks both again when it runs the job (the library's `select_layers` and
+`choose_placement`); a model that cannot be read here (GGUF, `.bin`, not converted yet) is
+left to those checks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+from compressors import assets
+from compressors.io.stream import tensor_sizes
+from compressors.memory import DoesNotFit, GiB, Limits, choose_placement, estimate_source
+from compressors.recipe.text import Location
+from jobs.settings import Settings
+
+_BLOCK = re.compile(r"^(.*?)\.(\d+)\.")
+MAX_HEADER_BYTES = 64 * 1024**2  # a safetensors header of 100k tensors is a few MB
+
+
+def limits_key(settings: Settings) -> str:
+    return f"{settings.key_prefix}:worker-limits"
+
+
+def advertise(connection: Any, settings: Settings, worker: str, limits: Limits) -> None:
+    """Written by a worker with each heartbeat (`connection` may be a pipeline)."""
+    connection.hset(limits_key(settings), worker, json.dumps({
+        "ram_bytes": limits.ram_bytes, "device_bytes": limits.device_bytes,
+        "device_type": limits.device_type, "at": time.time()}))
+
+
+def withdraw(connection: Any, settings: Settings, worker: str) -> None:
+    connection.hdel(limits_key(settings), worker)
+
+
+def worker_limits(redis: Redis, settings: Settings) -> Limits | None:
+    """The most generous limits among workers whose advertisement is fresh; None if none."""
+    fresh_after = time.time() - settings.worker_ttl - 15
+    best: Limits | None = None
+    for raw in redis.hvals(limits_key(settings)):
+        entry = json.loads(raw)
+        if entry.get("at", 0) < fresh_after:
+            continue
+        limits = Limits(int(entry["ram_bytes"]), entry.get("device_bytes"),
+                        entry.get("device_type", "cpu"))
+        if best is None or limits.ram_bytes > best.ram_bytes:
+            best = limits
+    return best
+
+
+def _readable_folder(model_path: str) -> Path | None:
+    """An HF folder with safetensors for `model_path`, without converting anything."""
+    if model_path in assets.BUNDLED_MODELS:
+        if model_path == assets.SMOLLM2_NAME:
+            folder = assets.cache_dir() / "smollm2-135m-hf"
+        else:
+            try:
+                folder = assets.resolve_bundled(model_path)
+            except FileNotFoundError:
+                return None
+    else:
+        folder = Path(model_path)
+    if folder is None or not folder.is_dir():
+        return None
+    shards = list(folder.glob("*.safetensors"))
+    if not shards or not all(_plausible_header(shard) for shard in shards):
+        return None
+    return folder
+
+
+def _plausible_header(shard: Path) -> bool:
+    """A safetensors file starts with the 8-byte length of its JSON header; a damaged or
+    hostile file may claim terabytes, which must not be read here (the job then fails)."""
+    try:
+        size = shard.stat().st_size
+        with shard.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+    except OSError:
+        return False
+    return 2 <= length <= min(size - 8, MAX_HEADER_BYTES)
+
+
+def _layer_names(folder: Path) -> tuple[list[str], list[str]]:
+    """(every 2-D weight's module name, those inside the transformer blocks)."""
+    names = [n.removesuffix(".weight") for n, (shape, _d) in tensor_sizes(folder).items()
+             if len(shape) == 2 and n.endswith(".weight")]
+    counts: dict[str, int] = {}
+    for name in names:
+        match = _BLOCK.match(name)
+        if match:
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    prefix = max(counts, key=counts.__getitem__) if counts else None
+    inside = [n for n in names if prefix is not None and n.startswith(prefix + ".")]
+    config = folder / "config.json"
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get(
+            "tie_word_embeddings"):
+        names.append("lm_head")  # a tied head is not stored, but is a layer a step may target
+    return names, inside
+
+
+def _spellings(name: str) -> tuple[str, ...]:
+    """A stored tensor name and the module name it may load as (checkpoints of a base model
+    often store `bert.encoder...` for a module named `encoder...`, and the other way round)."""
+    _head, _, rest = name.partition(".")
+    return (name, rest) if rest else (name,)
+
+
+def _selected(step: Any, names: list[str], inside: list[str]) -> bool:
+    include = getattr(step, "include", None)
+    exclude = [re.compile(p) for p in getattr(step, "exclude", None) or []]
+    if include:
+        patterns = [re.compile(p) for p in include]
+        chosen = [n for n in names if any(p.search(s) for p in patterns for s in _spellings(n))]
+    else:
+        chosen = inside
+    return any(not any(p.search(s) for p in exclude for s in _spellings(n)) for n in chosen)
+
+
+def layer_errors(folder: Path, recipe: Any) -> list[tuple[Location, str]]:
+    """Steps whose include/exclude leaves no layer of this model."""
+    names, inside = _layer_names(folder)
+    if not names:
+        return []
+    errors: list[tuple[Location, str]] = []
+    for index, step in enumerate(recipe.steps):
+        if not hasattr(step, "include") or not (step.include or step.exclude):
+            continue
+        if not _selected(step, names, inside):
+            errors.append((("steps", index, "include"),
+                           "include/exclude: no layer of this model matches, so the step would "
+                           f"change nothing (the model has {len(names)} weight matrices, e.g. "
+                           f"{names[len(names) // 2][:80]})"))
+    return errors
+
+
+def memory_errors(folder: Path, recipe: Any, limits: Limits) -> list[tuple[Location, str]]:
+    """The job must fit the most generous worker (the estimate names the step and bytes)."""
+    estimate = estimate_source(folder, recipe)
+    try:
+        plan = choose_placement(estimate, recipe, limits, limits.device_type)
+    except DoesNotFit as exc:
+        return [((), f"{exc}; the bound is the {limits.ram_bytes / GiB:.1f} GiB of RAM of the "
+                 "largest worker online: lower calibration samples/seqlen, batch_size or "
+                 "seqlen, or run a worker with more memory")]
+    if plan.ram_bytes is not None and plan.ram_bytes > limits.ram_bytes:
+        return [(("placement",), f"placement {plan.mode} needs about {plan.ram_bytes / GiB:.1f} "
+                 f"GiB of RAM; the bound is the {limits.ram_bytes / GiB:.1f} GiB of the largest "
+                 "worker online")]
+    return []
+
+
+def admission_errors(model_path: str, recipe: Any,
+                     limits: Limits | None) -> list[tuple[Location, str]]:
+    """(location in the recipe, message) of everything that would fail this job on this model."""
+    folder = _readable_folder(model_path)
+    if folder is None:
+        return []
+    try:
+        errors = layer_errors(folder, recipe)
+        if not errors and limits is not None:
+            errors = memory_errors(folder, recipe, limits)
+    except (OSError, ValueError, KeyError):  # an unreadable header: the worker will say more
+        return []
+    return errors
+
+
+class LimitsCache:
+    """The workers' advertised limits, re-read at most every `ttl` seconds (submission is the
+    hot path); with no worker online, this host's own limits stand in for them."""
+
+    def __init__(self, redis: Redis, settings: Settings, ttl: float = 5.0) -> None:
+        self.redis, self.settings, self.ttl = redis, settings, ttl
+        self._value: Limits | None = None
+        self._read_at = float("-inf")
+
+    def get(self) -> Limits:
+        if time.monotonic() - self._read_at > self.ttl:
+            from compressors.memory import ram_limit_bytes
+
+            self._value = worker_limits(self.redis, self.settings) or Limits(ram_limit_bytes())
+            self._read_at = time.monotonic()
+        assert self._value is not None
+        return self._value

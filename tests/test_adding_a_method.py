@@ -1,0 +1,97 @@
+"""Adding a method touches one folder, the registry and the contract table, and nothing else.
+
+Shown on a copy of the tree: a toy method `halve` (scale the selected layers' weights by a
+factor) gets its folder, one import and one `Method` line in the registry, and one contract
+case; the recipe schema, the CLI listing and the whole contract check then know it, and no
+other file names it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = '''"""The `halve` step's settings (a toy method for the structure test)."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from compressors.recipe.fields import LayerSelection, StepConfig
+
+
+class HalveConfig(StepConfig, LayerSelection):
+    method: Literal["halve"] = "halve"
+    factor: float = Field(0.5, gt=0.0, lt=1.0, description="scale of the weights, in (0, 1)")
+'''
+
+STEP = '''"""Scale the selected layers' weights."""
+
+from compressors.engine.context import StepResult
+from compressors.engine.modules import select_layers, weight_matrix
+
+
+def run(model, config, context):
+    layers = select_layers(model, config.include, config.exclude)
+    for layer in layers.values():
+        weight_matrix(layer).mul_(config.factor)
+    return StepResult(details={"layers": len(layers)})
+'''
+
+CASE = '''    "halve": [
+        ContractCase("halve-quarter", [{"method": "halve", "factor": 0.25}],
+                     {"method": "halve", "factor": 2.0}, "factor"),
+    ],
+'''
+
+
+def _add_method(root: Path) -> None:
+    folder = root / "compressors" / "methods" / "halve"
+    folder.mkdir()
+    (folder / "__init__.py").write_text('"""The toy `halve` method."""\n')
+    (folder / "config.py").write_text(CONFIG)
+    (folder / "step.py").write_text(STEP)
+    registry = root / "compressors" / "methods" / "__init__.py"
+    text = registry.read_text()
+    anchor = "from compressors.methods.lowrank.config import LowRankConfig\n"
+    text = text.replace(anchor,
+                        anchor + "from compressors.methods.halve.config import HalveConfig\n")
+    anchor = "    for method in [\n"
+    text = text.replace(anchor, anchor + '        Method("halve", HalveConfig, "scale weights"),\n')
+    registry.write_text(text)
+    cases = root / "tests" / "contract_cases.py"
+    text = cases.read_text()
+    anchor = "CASES: dict[str, list[ContractCase]] = {\n"
+    cases.write_text(text.replace(anchor, anchor + CASE))
+
+
+def test_a_new_method_is_one_folder_one_registry_line_one_contract_case(tmp_path):
+    root = tmp_path / "tree"
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in ("compressors", "tests"):
+        shutil.copytree(REPO / name, root / name, ignore=ignore)
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    _add_method(root)
+
+    folder = root / "compressors" / "methods" / "halve"
+    naming = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                    if "halve" in p.read_text() and not p.is_relative_to(folder)
+                    and p.name != Path(__file__).name)
+    assert naming == ["compressors/methods/__init__.py", "tests/contract_cases.py"]
+
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    listing = subprocess.run([sys.executable, "-m", "compressors", "methods"], cwd=root,
+                             env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert "halve: scale weights" in listing.stdout and "factor" in listing.stdout
+    contract = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_contract.py",
+         "-k", "halve or every_registered"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert contract.returncode == 0, contract.stdout[-3000:]
+    assert "4 passed" in contract.stdout  # two architectures, the bad step, the table check
