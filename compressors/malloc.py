@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -53,3 +55,15 @@ def release_free_memory() -> bool:
     """Hand the heap's free pages back to the kernel (`malloc_trim(0)`); False off glibc."""
     trim = _libc_function("malloc_trim", (ctypes.c_size_t,))
     return trim is not None and bool(trim(0))
+
+
+@contextmanager
+def small_tensors_mapped(threshold: int = 1 << 20) -> Iterator[None]:
+    """Within the block, map allocations down to `threshold` bytes: for code that makes and
+    frees many tensors of a few MB (a loader quantizing weight by weight), which the heap would
+    otherwise keep as garbage. Slower per allocation, so only around such code."""
+    pin_mmap_threshold(threshold)
+    try:
+        yield
+    finally:
+        pin_mmap_threshold(THRESHOLD_BYTES)

@@ -191,7 +191,7 @@ def estimate(shape: ModelShape | None, recipe: Any, run_bytes: int) -> Estimate:
         if needs.training:
             whole += _training_bytes(shape, step, needs.trained_share)
         if needs.reload:
-            whole += weights
+            whole += weights + _rebuilt_bytes(shape, needs.reload_bits, run_bytes)
         if method.uses_masks:
             whole += _mask_bytes(shape)
         ram = {mode: RUNTIME_BYTES + base + extra + whole for mode, base in held.items()}
@@ -225,6 +225,13 @@ def _hessian_bytes(shape: ModelShape) -> int:
     sums = sum(8 * width * width for width in shape.block_inputs)
     factors = sum(4 * width * width for width in distinct)
     return sums + factors + 3 * 8 * max(distinct) ** 2
+
+
+def _rebuilt_bytes(shape: ModelShape, bits: int, run_bytes: int) -> int:
+    """A model rebuilt with its blocks' weights at `bits` each (their scales add ~1/16) and
+    the rest (embeddings, norms, LM head: never quantized) as it was."""
+    blocks = shape.blocks * shape.block_parameters * bits * 17 // (8 * 16)
+    return blocks + shape.outer_parameters * run_bytes
 
 
 def _mask_bytes(shape: ModelShape) -> int:

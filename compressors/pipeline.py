@@ -175,14 +175,15 @@ class _Run:
     def execute(self, staging: Path, model_name: str,
                 estimate: memory.Estimate) -> CompressionReport:
         loaded = self._load()
-        model = loaded.model
+        model, tokenizer = loaded.model, loaded.tokenizer
+        causal = loaded.is_causal_lm or is_causal_lm(model)
+        del loaded  # a step that returns a new model (quantize) frees the old one at once
         self.tracker.span("loading", 0.0, _LOAD)(1.0, "model loaded")
         context = StepContext(
-            model_source=self.source, tokenizer=loaded.tokenizer,
+            model_source=self.source, tokenizer=tokenizer,
             calibration=self.recipe.calibration, evaluation=self.recipe.evaluation,
             device=self.device, placement_mode=self.plan.mode,
         )
-        causal = loaded.is_causal_lm or is_causal_lm(model)
         before, _ = measure(model, context, causal, self.tracker.span("evaluating", _LOAD,
                                                                       _BEFORE),
                             known_perplexity=self.before_perplexity)
@@ -195,7 +196,7 @@ class _Run:
                                  results[-1].perplexity, pruned)
         saving = self.tracker.span("saving", _AFTER, 1.0)
         saving(0.1, "writing checkpoint")
-        checkpoint = self._save(model, loaded.tokenizer, staging)
+        checkpoint = self._save(model, tokenizer, staging)
         after.size_bytes = size_on_disk(staging)
         report = self._report(model_name, steps, results, BeforeAfter(before=before, after=after),
                               model, counted, pruned, checkpoint, estimate)

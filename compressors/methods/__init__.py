@@ -44,7 +44,8 @@ class MemoryNeeds:
     `training`: gradients and AdamW state of the trained parameters, plus the activations a
     backward pass keeps; `trained_share`: those parameters as a share of the blocks' weights
     (PERP's adapters and norms ~2%; a low-rank step trains every factor). `reload`: the model
-    is written out and read back once (bitsandbytes).
+    is written out and read back once (bitsandbytes): while the new one is built the old one,
+    the memory-mapped copy and the new model at `reload_bits` per block weight are all held.
     """
 
     hessians: bool = False
@@ -52,6 +53,7 @@ class MemoryNeeds:
     training: bool = False
     trained_share: float = 0.02
     reload: bool = False
+    reload_bits: int = 16
 
 
 def import_object(reference: str) -> Any:

@@ -17,6 +17,8 @@ from compressors.recipe.fields import (
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from compressors.methods import MemoryNeeds
+
 
 class QuantizeConfig(StepConfig, LayerSelection):
     """bitsandbytes weight quantization of Linear layers (LLM.int8, or 4-bit nf4/fp4).
@@ -65,6 +67,12 @@ class QuantizeConfig(StepConfig, LayerSelection):
 
     def weights_after(self) -> WeightForm:
         return "quantized"
+
+    def memory_needs(self, declared: MemoryNeeds) -> MemoryNeeds:
+        """The model is rebuilt at `bits` per block weight (`MemoryNeeds.reload_bits`)."""
+        from dataclasses import replace
+
+        return replace(declared, reload_bits=self.bits)
 
     @property
     def torch_compute_dtype(self) -> torch.dtype:
