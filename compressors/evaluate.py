@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -78,7 +79,7 @@ class Census:
     nonzero: int = 0
     footprint_bytes: int = 0
     layer_zeros: dict[str, tuple[int, int]] = field(default_factory=dict)
-    seen: set[int] = field(default_factory=set)
+    seen: dict[int, weakref.ref] = field(default_factory=dict)
 
     def add(self, module: nn.Module, prefix: str = "",
             layer_filter: Callable[[str], bool] = lambda _name: True,
@@ -108,9 +109,13 @@ class Census:
                 self.layer_zeros[prefix + name] = (int((weight == 0).sum()), weight.numel())
 
     def _first(self, tensor: torch.Tensor) -> bool:
-        if id(tensor) in self.seen:
+        """True the first time this very tensor is seen. By weak reference, not bare `id`: a
+        streamed block's tensors are freed before the next block loads, whose tensors may get
+        the same ids (a flaky census 64 parameters short, one OPT block's norm)."""
+        known = self.seen.get(id(tensor))
+        if known is not None and known() is tensor:
             return False
-        self.seen.add(id(tensor))
+        self.seen[id(tensor)] = weakref.ref(tensor)
         return True
 
     def sparsity(self) -> SparsityReport:
