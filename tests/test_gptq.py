@@ -277,3 +277,18 @@ def test_streamed_run_equals_in_memory(tiny_llama_folder, tmp_path):
     streamed = compressors.load(tmp_path / "streamed")
     for name, layer in select_layers(reference).items():
         assert torch.equal(streamed.get_submodule(name).weight, layer.weight), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_save_and_reload_bit_for_bit(tmp_path, dtype):
+    """In bfloat16 the cast rounds the float16 scales, so codes must be recovered with the cast
+    scale (int8 codes near 127 came back off by one and saving refused the weights)."""
+    for bits, group in ((8, -1), (4, 32)):
+        model = tiny_model("llama").to(dtype)
+        run_gptq(model, GPTQConfig(bits=bits, group_size=group), _context())
+        folder = tmp_path / f"{dtype}-w{bits}"
+        save_checkpoint(model, None, folder)
+        reloaded = compressors.load(folder)
+        for name, layer in select_layers(model).items():
+            again = reloaded.get_submodule(name).weight
+            assert again.dtype == dtype and torch.equal(again, layer.weight), (bits, name)

@@ -109,6 +109,28 @@ def test_steps_written_from_an_allocation_are_valid_recipe_steps():
     assert parsed.sparsity_for("a.1.x") == 0.0
 
 
+def test_gptq_operation_writes_steps_that_parse_and_predicts_their_bytes():
+    from compressors.recipe import parse_recipe
+    from compressors.search.operations import layer_bytes
+    from compressors.search.perturb import grid_roundtrip
+    from compressors.search.steps import gptq_step
+
+    choices = {f"model.layers.{i}.mlp.down_proj": ("int4" if i % 2 else "dense")
+               for i in range(4)}
+    four = parse_recipe({"steps": [gptq_step(choices, "int4")]}).steps[0]
+    assert four.bits == 4 and four.group_size is None
+    assert gptq_step(choices, "int8") is None
+    eight = parse_recipe({"steps": [gptq_step(dict.fromkeys(choices, "int8"), "int8")]})
+    assert eight.steps[0].bits == 8 and eight.steps[0].group_size == -1
+    # 576 inputs: int4 in 9 groups of 64, one float16 scale each; int8 one scale per row
+    assert layer_bytes("gptq", "int4", 10, 576, "float32") == 10 * 576 / 2 + 10 * 9 * 2
+    assert layer_bytes("gptq", "int8", 10, 576, "float32") == 10 * 576 + 10 * 2
+    weight = torch.randn(32, 576, generator=torch.Generator().manual_seed(0))
+    errors = {lv: float((grid_roundtrip(weight, lv, None) - weight).norm() / weight.norm())
+              for lv in ("int8", "int4")}
+    assert 0 < errors["int8"] < errors["int4"] < 0.2, errors
+
+
 def test_layer_sparsity_is_honoured_per_layer(tiny_causal):
     from compressors.engine.context import StepContext
     from compressors.engine.modules import select_layers, weight_matrix

@@ -88,7 +88,7 @@ class Goal(BaseModel):
             raise ValueError("max_size_ratio: give max_size_bytes or max_size_ratio, not both")
         if not any(OPERATIONS[m].saves_bytes for m in self.methods) and sized:
             raise ValueError("methods: none of them shrinks the checkpoint (pruned zeros are "
-                             "stored), so a size budget cannot be searched; add quantize")
+                             "stored), so a size budget cannot be searched; add quantize or gptq")
         return self
 
     def size_limit(self, original_bytes: int) -> float | None:

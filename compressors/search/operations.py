@@ -6,11 +6,8 @@ costs in stored bytes at each level, and (by "module:function" reference, import
 how to perturb a weight the way the method would, for the sensitivity pass, and how to write
 an allocation back as an ordinary recipe step.
 
-Adding a method = one entry here plus its two functions in `search.perturb` / `search.steps`:
-- `gptq` (when it lands): levels ("int8", "int4"), `mixed_levels=True` once its config takes a
-  per-layer bits field (else False, like bnb), bytes = numel·bits/8 + one fp16 scale per group;
-  perturb = its round-to-nearest of the weight per group (a cheap, slightly pessimistic proxy of
-  GPTQ's error-feedback result); step = {"method": "gptq", "bits": .., per-layer bits}.
+Adding a method = one entry here plus its two functions in `search.perturb` / `search.steps`
+(as `gptq` was added). Next in line:
 - `lowrank`: levels = kept-rank fractions ("r0.75", "r0.5", "r0.25"), `mixed_levels=True`
   (needs a per-layer rank field on its config), bytes = rank·(in+out)·dtype bytes, perturb =
   the whitened truncated SVD at that rank (exact per layer), step = its per-layer ranks.
@@ -23,6 +20,8 @@ from dataclasses import dataclass
 # bytes of one stored weight per dense dtype
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BLOCK = 64  # transformers' bitsandbytes 4-bit block size (one fp32 absmax per block)
+GPTQ_BITS = {"int8": 8, "int4": 4}
+GPTQ_SCALE_BYTES = 2  # one float16 scale per group (symmetric: no zero point)
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,12 @@ OPERATIONS: dict[str, Operation] = {
                   step="compressors.search.steps:quantize_step",
                   note="bitsandbytes: one bits value per step, so per layer int8|dense or "
                        "nf4|dense; layers kept dense are excluded from the step"),
+        Operation("gptq", ("int8", "int4"), mixed_levels=False, saves_bytes=True,
+                  perturb="compressors.search.perturb:grid_roundtrip",
+                  step="compressors.search.steps:gptq_step",
+                  note="one bits value per step, like bitsandbytes: int8 per channel, int4 in "
+                       "groups (auto size); sensitivity measured with round-to-nearest on the "
+                       "same grid, an upper bound on GPTQ's error-fed result"),
         Operation("wanda", ("s0.25", "s0.5"), mixed_levels=True, saves_bytes=False,
                   perturb="compressors.search.perturb:wanda_prune",
                   step="compressors.search.steps:pruning_step",
@@ -85,4 +90,19 @@ def layer_bytes(method: str | None, level: str, rows: int, cols: int, dtype: str
         return numel + rows * 4  # int8 weights + one fp32 scale per output row (SCB)
     if method == "quantize" and level == "nf4":
         return numel / 2 + numel / NF4_BLOCK * 4  # 4-bit codes + one fp32 absmax per block
+    if method == "gptq":
+        return numel * GPTQ_BITS[level] / 8 + rows * _groups(level, cols) * GPTQ_SCALE_BYTES
     return numel * DTYPE_BYTES[dtype]
+
+
+def gptq_group_size(level: str, cols: int) -> int:
+    """The group size the search's gptq steps use at `level` (-1: per output channel): int8
+    per channel (within 0.06% of fp32 on SmolLM2), int4 the step's auto size."""
+    from compressors.methods.gptq.quant_math import resolve_group_size  # torch: worker side
+
+    return -1 if level == "int8" else resolve_group_size(cols, None)
+
+
+def _groups(level: str, cols: int) -> int:
+    size = gptq_group_size(level, cols)
+    return 1 if size == -1 else cols // size

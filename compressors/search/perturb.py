@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from compressors.ops.masks import row_mask, wanda_scores
-from compressors.search.operations import NF4_BLOCK, level_sparsity
+from compressors.search.operations import GPTQ_BITS, NF4_BLOCK, gptq_group_size, level_sparsity
 
 
 def int8_rows(weight: torch.Tensor) -> torch.Tensor:
@@ -46,6 +46,18 @@ def bnb_roundtrip(weight: torch.Tensor, level: str, _input_sq_norms: torch.Tenso
     if level == "nf4":
         return nf4_blocks(weight)
     raise ValueError(f"quantize: unknown level {level!r}")
+
+
+def grid_roundtrip(weight: torch.Tensor, level: str, _input_sq_norms: torch.Tensor | None
+                   ) -> torch.Tensor:
+    """Round-to-nearest on the grid the search's gptq step writes (symmetric, float16 scales,
+    `gptq_group_size`): what GPTQ starts from before its error feedback lowers the error."""
+    from compressors.methods.gptq.quant_math import Grid, rtn_quantize
+
+    if level not in GPTQ_BITS:
+        raise ValueError(f"gptq: unknown level {level!r}")
+    grid = Grid(GPTQ_BITS[level], gptq_group_size(level, weight.shape[1]))
+    return rtn_quantize(weight, grid, search=False).dense()
 
 
 def wanda_prune(weight: torch.Tensor, level: str, input_sq_norms: torch.Tensor | None

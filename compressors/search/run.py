@@ -130,7 +130,7 @@ def recipe_for(allocation: Allocation, goal: Goal, windows: int | None = None
     method = allocation.meta["method"]
     op = OPERATIONS[method]
     builder = import_object(op.step)
-    if method == "quantize":
+    if not op.mixed_levels:  # one level per step (bitsandbytes, gptq)
         levels = {lv for lv in allocation.choices.values() if lv != "dense"}
         step = builder(allocation.choices, levels.pop()) if levels else None
     else:

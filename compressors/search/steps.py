@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import Any
 
 from compressors.recipe.fields import MAX_LAYER_PATTERNS, MAX_REGEX_LENGTH
-from compressors.search.operations import level_sparsity
+from compressors.search.operations import GPTQ_BITS, level_sparsity
 
 _INDEXED = re.compile(r"^(.*?\.)(\d+)(\..*)$")
 
@@ -41,14 +41,28 @@ def layer_patterns(names: list[str]) -> list[str]:
 
 
 def quantize_step(choices: dict[str, str], level: str) -> dict[str, Any] | None:
-    """One bitsandbytes step: the layers at `level` are quantized, the rest left dense.
+    """One bitsandbytes step: the layers at `level` are quantized, the rest left dense."""
+    return _one_level_step({"method": "quantize", "bits": 8 if level == "int8" else 4},
+                           choices, level)
 
-    The selection is written as `include` or `exclude`, whichever is shorter."""
+
+def gptq_step(choices: dict[str, str], level: str) -> dict[str, Any] | None:
+    """One GPTQ step: int8 per channel or int4 in auto-sized groups (`gptq_group_size`)."""
+    head: dict[str, Any] = {"method": "gptq", "bits": GPTQ_BITS[level]}
+    if level == "int8":
+        head["group_size"] = -1
+    return _one_level_step(head, choices, level)
+
+
+def _one_level_step(head: dict[str, Any], choices: dict[str, str], level: str
+                    ) -> dict[str, Any] | None:
+    """`head` applied to the layers at `level`, the selection written as `include` or
+    `exclude`, whichever is shorter; None when no layer is at `level`."""
     chosen = [n for n, lv in choices.items() if lv == level]
     dense = [n for n, lv in choices.items() if lv != level]
     if not chosen:
         return None
-    step: dict[str, Any] = {"method": "quantize", "bits": 8 if level == "int8" else 4}
+    step = dict(head)
     if dense:
         include, exclude = layer_patterns(chosen), layer_patterns(dense)
         if sum(map(len, exclude)) < sum(map(len, include)):

@@ -64,9 +64,10 @@ def ct_args(grid: Grid):
 def stored_dense(quantized: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
     """The weight exactly as compressed-tensors' loaders dequantize it for a model loaded in
     `dtype`: transformers casts the stored scales to the model's dtype and the library
-    computes `(q − z) · s` in it. Both factors are exact in `dtype` (small integers, a
-    stored scale), so the product is one rounding whatever the order of operations: bit for
-    bit what the loader gets (a test reloads in a fresh process to keep it so)."""
+    computes `(q − z) · s` in it. The codes are exact in `dtype` and the scale is what the
+    cast makes of it (bfloat16 rounds a float16 scale), so the product is one rounding whatever
+    the order of operations: bit for bit what the loader gets (a test reloads in a fresh
+    process to keep it so)."""
     grid = quantized.grid
     width = grid.width(quantized.codes.shape[1])
     scale = quantized.scale.to(grid.scale_dtype).to(dtype).repeat_interleave(width, dim=1)
@@ -95,7 +96,10 @@ def layer_codes(layer: nn.Module) -> torch.Tensor:
     quant: LayerQuant = getattr(layer, QUANT_ATTR)
     weight = layer.weight.data.detach().cpu()
     width = quant.grid.width(weight.shape[1])
-    scale = quant.scale.to(torch.float32).repeat_interleave(width, dim=1)
+    # the scale as `stored_dense` multiplied by it: cast to the weight's dtype, which for
+    # bfloat16 rounds a float16 scale (dividing by the float16 one put int8 codes near 127 off
+    # by one)
+    scale = quant.scale.to(weight.dtype).to(torch.float32).repeat_interleave(width, dim=1)
     zero = quant.zero.to(torch.float32).repeat_interleave(width, dim=1)
     codes = codes_of(weight.to(torch.float32), scale, zero, quant.grid).to(torch.int8)
     again = stored_dense(QuantizedWeight(codes, quant.scale.float(), quant.zero, quant.grid),
