@@ -6,8 +6,8 @@ Rows, for each kept fraction of the factorized layers' parameters (80% / 66.7% /
 - `svd`: plain truncated SVD of the weights, uniform ranks (the old init)
 - `white-uniform`: activation-whitened SVD, block by block, uniform ranks, no refit
 - `white-loss`: whitened, ranks allocated by the truncation loss, no refit
-- `refit`: + the least-squares refit of `up` (the step's default without training)
-- `pela`: + PELA training for `--steps` steps
+- `refit`: + the least-squares refit of `up` (off in the step by default: it measured worse)
+- `pela`: `white-loss` (the step's defaults) + PELA training for `--steps` steps
 
 Each row runs in its own process (its peak RSS is its own), one at a time (the machine is
 shared). Perplexity on the evaluation text (SOTU 2000-) and the second text (pydoc:topics),
@@ -16,7 +16,7 @@ checkpoint; seconds; peak RSS; with `--latency` the CPU forward latency of the f
 the dense model at batch 1 and 8 x 512 tokens, measured interleaved in one process
 (`bench/latency.py`).
 
-    .venv/bin/python bench/lowrank.py --rows refit --keeps 0.8 0.667       # the no-training bars
+    .venv/bin/python bench/lowrank.py --rows white-loss --keeps 0.8 0.667  # no-training bars
     .venv/bin/python bench/lowrank.py --rows pela --keeps 0.8 --steps 300
     .venv/bin/python bench/lowrank.py --only minilm
 """
@@ -43,7 +43,7 @@ ROWS = {
                       "train": False},
     "white-loss": {"init": "whitened", "allocation": "loss", "refit": False, "train": False},
     "refit": {"init": "whitened", "allocation": "loss", "refit": True, "train": False},
-    "pela": {"init": "whitened", "allocation": "loss", "refit": True, "train": True},
+    "pela": {"init": "whitened", "allocation": "loss", "refit": False, "train": True},
 }
 SECOND_TEXT = "pydoc:topics"
 

@@ -505,11 +505,12 @@ FIRST_BLOCKS = r"model\.layers\.[0-4]\."
 
 @pytest.mark.real_model
 @pytest.mark.xfail(strict=True, reason="measured 2026-12-01: perplexity after the whitened init "
-                   "105.8 vs dense 26.45 (4.0x, bar here 3x) with the small test budgets "
-                   "(4x128 calibration tokens < the 1536-wide MLP input); open, see issue 16")
+                   "96.5 vs dense 26.45 (3.6x, bar here 3x; 105.8 with the refit) with the "
+                   "small test budgets (4x128 calibration tokens < the 1536-wide MLP input); "
+                   "open, see issue 16")
 def test_smollm2_whitened_init_keeps_the_model_and_checkpoint_is_smaller(smollm2_path, tmp_path):
-    """80% kept in the first 5 blocks (to keep the test short), whitened
-    init + loss allocation + refit, 2 PELA steps: perplexity stays within a small factor of
+    """80% kept in the first 5 blocks (to keep the test short), the defaults (whitened
+    init + loss allocation, no refit), 2 PELA steps: perplexity stays within a small factor of
     dense (plain SVD at 80% is ~1e7x dense: `bench/results/lowrank.md`)."""
     recipe = parse_recipe({
         "steps": [{"method": "lowrank", "target_params": 0.8, "train_steps": 2, "lr": 1e-4,
@@ -525,8 +526,7 @@ def test_smollm2_whitened_init_keeps_the_model_and_checkpoint_is_smaller(smollm2
     assert all(section["layers_skipped"].values())  # each with its reason
     assert section["kept_fraction_targeted"] <= 0.8
     assert section["perplexity_svd"] < 3.0 * before["perplexity"]
-    assert section["error_after_refit_mean"] < section["error_vs_original_mean"]
-    assert section["train"]["steps"] == 2
+    assert not section["refit"] and section["train"]["steps"] == 2
     assert after["perplexity"] == pytest.approx(section["perplexity_trained"], rel=1e-4)
     assert after["size_bytes"] < before["size_bytes"]
     assert after["parameters"] == section["params_model_after"]
