@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from compressors.methods.gptq.quant_math import Grid, rtn_quantize
 from compressors.ops.masks import row_mask, wanda_scores
 from compressors.search.operations import GPTQ_BITS, NF4_BLOCK, gptq_group_size, level_sparsity
 
@@ -52,8 +53,6 @@ def grid_roundtrip(weight: torch.Tensor, level: str, _input_sq_norms: torch.Tens
                    ) -> torch.Tensor:
     """Round-to-nearest on the grid the search's gptq step writes (symmetric, float16 scales,
     `gptq_group_size`): what GPTQ starts from before its error feedback lowers the error."""
-    from compressors.methods.gptq.quant_math import Grid, rtn_quantize
-
     if level not in GPTQ_BITS:
         raise ValueError(f"gptq: unknown level {level!r}")
     grid = Grid(GPTQ_BITS[level], gptq_group_size(level, weight.shape[1]))

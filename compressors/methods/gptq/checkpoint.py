@@ -70,11 +70,17 @@ def stored_dense(quantized: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor
     process to keep it so)."""
     grid = quantized.grid
     width = grid.width(quantized.codes.shape[1])
-    scale = quantized.scale.to(grid.scale_dtype).to(dtype).repeat_interleave(width, dim=1)
+    scale = loaded_scale(quantized.scale, grid, dtype).repeat_interleave(width, dim=1)
     codes = quantized.codes.to(dtype)
     if not grid.symmetric:
         codes = codes - quantized.zero.to(dtype).repeat_interleave(width, dim=1)
     return codes * scale
+
+
+def loaded_scale(scale: torch.Tensor, grid: Grid, dtype: torch.dtype) -> torch.Tensor:
+    """The scales as a loader of a `dtype` model multiplies by them: stored in the grid's
+    scale dtype, then cast to `dtype` (bfloat16 rounds a float16 scale)."""
+    return scale.to(grid.scale_dtype).to(dtype)
 
 
 def install(layer: nn.Module, quantized: QuantizedWeight) -> torch.Tensor:
@@ -96,10 +102,10 @@ def layer_codes(layer: nn.Module) -> torch.Tensor:
     quant: LayerQuant = getattr(layer, QUANT_ATTR)
     weight = layer.weight.data.detach().cpu()
     width = quant.grid.width(weight.shape[1])
-    # the scale as `stored_dense` multiplied by it: cast to the weight's dtype, which for
-    # bfloat16 rounds a float16 scale (dividing by the float16 one put int8 codes near 127 off
-    # by one)
-    scale = quant.scale.to(weight.dtype).to(torch.float32).repeat_interleave(width, dim=1)
+    # divide by the scale `stored_dense` multiplied by (the float16 one put bfloat16 int8 codes
+    # near 127 off by one)
+    scale = loaded_scale(quant.scale, quant.grid, weight.dtype).float()
+    scale = scale.repeat_interleave(width, dim=1)
     zero = quant.zero.to(torch.float32).repeat_interleave(width, dim=1)
     codes = codes_of(weight.to(torch.float32), scale, zero, quant.grid).to(torch.int8)
     again = stored_dense(QuantizedWeight(codes, quant.scale.float(), quant.zero, quant.grid),
