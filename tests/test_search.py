@@ -197,6 +197,42 @@ def test_unreachable_goal_fails_naming_the_constraint(tiny_llama_folder, tmp_pat
     assert "sensitivity" in error.value.search
 
 
+def test_uniform_points_apply_each_familys_level_everywhere_within_the_budget():
+    """Each family's uniform point is every layer at the level (its fewest-bytes end); one
+    over the size budget is left out."""
+    from compressors.search.run import uniform_points
+
+    options = _random_options(random.Random(7))
+    fronts = {"a": lagrangian_front("a", options, 0.0, 0.0),
+              "b": lagrangian_front("b", options, 1e6, 0.0)}
+    points = uniform_points(fronts, size_limit=1e5)
+    assert [p.family for p in points] == ["a"]
+    assert set(points[0].choices.values()) == {"b"}  # "b": every layer's cheapest option
+    assert len(uniform_points(fronts, None)) == 2
+
+
+def test_perplexity_goal_verifies_uniform_recipes_and_publishes_the_best_finalist(
+        tiny_llama_folder, tmp_path):
+    """Minimizing perplexity under a size budget: the uniform recipe of a family is verified
+    in the second round, two finalists run at the full evaluation, and the published one is
+    the better of the two there."""
+    from compressors.search import run_search
+
+    goal = Goal.model_validate({
+        "minimize": "perplexity", "max_size_ratio": 0.6, "candidates": 1, "finalists": 2,
+        "dtypes": ["bfloat16"], **dict(TINY_BUDGET, refine=True)})
+    result = run_search(tiny_llama_folder, goal, tmp_path / "out")
+    candidates = result.search["candidates"]
+    uniform = [c for c in candidates if c["round"] == 1]
+    assert uniform and all("exclude" not in c["recipe"]["steps"][0]
+                           and "include" not in c["recipe"]["steps"][0] for c in uniform)
+    finals = [c for c in candidates if c["final"] is not None]
+    assert len(finals) == 2
+    chosen = candidates[result.search["chosen"]]
+    assert chosen["final"]["perplexity"] == min(c["final"]["perplexity"] for c in finals)
+    assert result.report["metrics"]["after"]["perplexity"] == chosen["final"]["perplexity"]
+
+
 @pytest.mark.real_model
 def test_sensitivity_on_smollm2_ranks_nf4_above_int8(smollm2_path, smollm2_tokenizer):
     """Real model and text: on every layer nf4 disturbs the block more than int8, and the

@@ -52,6 +52,12 @@ class Goal(BaseModel):
     refine: bool = Field(
         True, description="after the first verifications, rescale the predictions by what was "
         "measured and verify the re-allocated choice once more")
+    finalists: int = Field(
+        2, ge=1, le=8,
+        description="minimizing perplexity or latency: this many of the best verified "
+        "candidates run again at the full evaluation and the best measured there is "
+        "published (a few verification windows rank near-equal candidates unreliably); "
+        "in [1, 8]")
     verify_windows: int = Field(
         6, ge=1, le=2048,
         description="evaluation windows of the quick verification runs, in [1, 2048]")

@@ -35,8 +35,10 @@ from compressors.methods.lowrank.factorize import (
     break_even_rank,
     rank_for_energy,
     rank_for_ratio,
+    sensitivity_gains,
 )
 from compressors.methods.lowrank.layers import LowRankLinear, lowrank_layers, merge_to_dense
+from compressors.methods.lowrank.sensitivity import loss_increases
 from compressors.methods.lowrank.train import train_pela
 from compressors.ops.whitening import WhitenedSVD, allocate_by_loss
 from compressors.recipe.text import load_text
@@ -75,7 +77,9 @@ def planned_ranks(
         return dict(allocate_energy(spectra, shapes, config.target_params))
     assert spectra is not None
     budget = config.target_params * sum(out * inp for out, inp in shapes.values())
-    gains = {n: _relative_gains(sigma) for n, sigma in spectra.items()}
+    # sensitivity: the spectra passed in are already the weighted gains (`sensitivity_gains`)
+    gains = spectra if config.uses_sensitivity() else {
+        n: _relative_gains(sigma) for n, sigma in spectra.items()}
     return allocate_by_loss(gains, shapes, budget, config.max_layer_keep)
 
 
@@ -156,10 +160,13 @@ def _factorize_whitened(
     shapes = {name: tuple(weight_matrix(layer).shape) for name, layer in layers.items()}
     windows = context.calibration_tokens()
     spectra = None
-    if config.target_params is not None and config.allocation == "loss":
+    sensitivity: dict[str, float] = {}
+    if config.uses_sensitivity():
+        spectra, sensitivity = _sensitivity_gains(model, layers, shapes, config, context)
+    elif config.target_params is not None and config.allocation == "loss":
         context.progress(0.0, "whitened spectra of every layer (allocation pass)")
         spectra = spectra_pass(model, windows, layers, config.dampening,
-                               _span(context, 0.0, 0.02))
+                               _span(context, 0.0, 0.02)).sigma
     elif config.target_params is not None and config.allocation == "energy":
         spectra = {n: torch.linalg.svdvals(weight_matrix(m).detach().float())
                    for n, m in layers.items()}
@@ -169,7 +176,30 @@ def _factorize_whitened(
                                    config.dampening, config.refit, _span(context, 0.02, 0.05))
     skipped = {name: _dense_reason(shapes[name], planned[name] if planned else None, config)
                for name, record in records.items() if record.rank is None}
+    for name, increase in sensitivity.items():
+        records[name].sensitivity = increase
     return records, skipped
+
+
+def _sensitivity_gains(
+    model: nn.Module, layers: dict[str, nn.Module], shapes: Shapes, config: LowRankConfig,
+    context: StepContext,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """`allocation: sensitivity`: spectra plus each layer's truncation at the uniform rank,
+    the model's loss with each truncation alone, and the gains `planned_ranks` allocates by
+    (returned in place of the spectra), with the measured increases for the report."""
+    if not is_causal_lm(model):
+        raise ValueError("lowrank allocation sensitivity measures the next-token loss, which "
+                         "only causal language models have; use allocation loss")
+    reference = allocate_uniform(shapes, config.target_params)
+    context.progress(0.0, "whitened spectra and reference truncations of every layer")
+    spectra = spectra_pass(model, context.calibration_tokens(), layers, config.dampening,
+                           _span(context, 0.0, 0.01), reference_ranks=reference)
+    windows = context.calibration_tokens()[: config.sensitivity_windows]
+    increases = loss_increases(model, layers, spectra.truncated, windows,
+                               _span(context, 0.01, 0.02))
+    spectra.truncated.clear()
+    return sensitivity_gains(spectra.sigma, reference, increases), increases
 
 
 def _span(context: StepContext, start: float, end: float) -> Callable[[float, str], None]:
@@ -237,8 +267,9 @@ def run(model: nn.Module, config: LowRankConfig, context: StepContext) -> StepRe
     layers = select_layers(model, config.include, config.exclude)
     causal = is_causal_lm(model)
     in_memory = context.placement_mode == "in_memory"
-    if config.train_steps > 0 and not in_memory:
-        raise ValueError(config.placement_error(context.placement_mode) or "placement")
+    refused = config.placement_error(context.placement_mode)
+    if refused is not None:
+        raise ValueError(refused)
     targeted_before = sum(weight_matrix(layer).numel() for layer in layers.values())
     model_before = _count(model)
     context.progress(0.0, f"factorizing {len(layers)} layers ({config.init} init)")
