@@ -3,7 +3,8 @@
 `init: whitened` (default) factorizes block by block on the sequential engine
 (`blockwise.factorize_sequential`); with `target_params` and `allocation: loss` the ranks are
 first allocated across all layers from the whitened spectra of the unchanged model
-(`blockwise.spectra_pass`, one more pass). `init: svd` is plain truncated SVD of the weights,
+(`blockwise.spectra_pass`, one more pass); `allocation: sensitivity` also weights each layer by
+the model's measured loss with that layer alone truncated (`sensitivity.loss_increases`). `init: svd` is plain truncated SVD of the weights,
 without calibration. The frozen original the factorized model learns from is a copy of the
 model as this step receives it (for a first step: the loaded checkpoint), so the step also
 composes after others.
@@ -61,9 +62,12 @@ def pays(shape: tuple[int, int], rank: int, max_layer_keep: float) -> bool:
 
 def planned_ranks(
     shapes: Shapes, config: LowRankConfig, spectra: dict[str, torch.Tensor] | None = None,
+    gains: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, int | None] | None:
     """Ranks known before factorizing (None for a layer: stays dense); None when the rule is
-    per layer on the spectrum it factorizes (`energy`). `spectra`: for `allocation: loss`."""
+    per layer on the spectrum it factorizes (`energy`). `spectra`: for `allocation: loss`
+    (each layer's σᵢ² relative to its output energy) unless `gains` are given
+    (`allocation: sensitivity`, the same shares weighted by the measured slope)."""
     if config.rank is not None:
         return dict.fromkeys(shapes, config.rank)
     if config.ratio is not None:
@@ -75,11 +79,10 @@ def planned_ranks(
     if config.allocation == "energy":
         assert spectra is not None
         return dict(allocate_energy(spectra, shapes, config.target_params))
-    assert spectra is not None
+    if gains is None:
+        assert spectra is not None
+        gains = {n: _relative_gains(sigma) for n, sigma in spectra.items()}
     budget = config.target_params * sum(out * inp for out, inp in shapes.values())
-    # sensitivity: the spectra passed in are already the weighted gains (`sensitivity_gains`)
-    gains = spectra if config.uses_sensitivity() else {
-        n: _relative_gains(sigma) for n, sigma in spectra.items()}
     return allocate_by_loss(gains, shapes, budget, config.max_layer_keep)
 
 
@@ -159,10 +162,10 @@ def _factorize_whitened(
     """`init: whitened`: allocation pass when the rule needs it, then the factorizing pass."""
     shapes = {name: tuple(weight_matrix(layer).shape) for name, layer in layers.items()}
     windows = context.calibration_tokens()
-    spectra = None
+    spectra = gains = None
     sensitivity: dict[str, float] = {}
     if config.uses_sensitivity():
-        spectra, sensitivity = _sensitivity_gains(model, layers, shapes, config, context)
+        gains, sensitivity = _sensitivity_gains(model, layers, shapes, config, context)
     elif config.target_params is not None and config.allocation == "loss":
         context.progress(0.0, "whitened spectra of every layer (allocation pass)")
         spectra = spectra_pass(model, windows, layers, config.dampening,
@@ -170,7 +173,7 @@ def _factorize_whitened(
     elif config.target_params is not None and config.allocation == "energy":
         spectra = {n: torch.linalg.svdvals(weight_matrix(m).detach().float())
                    for n, m in layers.items()}
-    planned = planned_ranks(shapes, config, spectra)
+    planned = planned_ranks(shapes, config, spectra, gains)
     context.progress(0.02, "factorizing block by block")
     records = factorize_sequential(model, windows, layers, rank_rule(shapes, config, planned),
                                    config.dampening, config.refit, _span(context, 0.02, 0.05))
@@ -186,8 +189,8 @@ def _sensitivity_gains(
     context: StepContext,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """`allocation: sensitivity`: spectra plus each layer's truncation at the uniform rank,
-    the model's loss with each truncation alone, and the gains `planned_ranks` allocates by
-    (returned in place of the spectra), with the measured increases for the report."""
+    the model's loss with each truncation alone; the gains `planned_ranks` allocates by,
+    and the measured increases for the report."""
     if not is_causal_lm(model):
         raise ValueError("lowrank allocation sensitivity measures the next-token loss, which "
                          "only causal language models have; use allocation loss")
