@@ -6,8 +6,6 @@ Rows, for each kept fraction of the factorized layers' parameters (80% / 66.7% /
 - `svd`: plain truncated SVD of the weights, uniform ranks (the old init)
 - `white-uniform`: activation-whitened SVD, block by block, uniform ranks, no refit
 - `white-loss`: whitened, ranks allocated by the truncation loss, no refit
-- `white-sens`: whitened, the same allocation with each layer weighted by the model's measured
-  loss increase when it alone is truncated (`allocation: sensitivity`)
 - `refit`: + the least-squares refit of `up` (off in the step by default: it measured worse)
 - `pela`: `white-loss` (the step's defaults) + PELA training for `--steps` steps
 
@@ -44,8 +42,6 @@ ROWS = {
     "white-uniform": {"init": "whitened", "allocation": "uniform", "refit": False,
                       "train": False},
     "white-loss": {"init": "whitened", "allocation": "loss", "refit": False, "train": False},
-    "white-sens": {"init": "whitened", "allocation": "sensitivity", "refit": False,
-                   "train": False},
     "refit": {"init": "whitened", "allocation": "loss", "refit": True, "train": False},
     "pela": {"init": "whitened", "allocation": "loss", "refit": False, "train": True},
 }
@@ -91,7 +87,6 @@ def _config(args: argparse.Namespace, row: dict, keep: float, encoder: bool):
     return LowRankConfig(
         target_params=keep, init=row["init"], allocation=row["allocation"], **extra,
         max_layer_keep=args.max_layer_keep, train_steps=steps, lr=args.lr,
-        sensitivity_windows=args.sensitivity_windows,
         batch_size=args.batch_size, seqlen=args.encoder_seqlen if encoder else args.seqlen,
         lm_weight=0.0 if encoder else args.lm_weight, distill_alpha=args.alpha,
         perturbation_lambda=args.lam, warmup=min(steps, args.warmup), evaluate=encoder,
@@ -219,8 +214,7 @@ def _print_smollm2(dense: dict | None, rows: list[dict]) -> None:
 def _print_ranks(rows: list[dict]) -> None:
     """Per-layer ranks of the loss allocation, summarized per layer kind."""
     for row in rows:
-        if row["row"] not in ("white-loss", "white-sens", "refit", "pela") or not row.get(
-                "ranks"):
+        if row["row"] not in ("white-loss", "refit", "pela") or not row.get("ranks"):
             continue
         by_kind: dict[str, list[int]] = {}
         for name, rank in row["ranks"].items():
@@ -247,8 +241,6 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--lam", type=float, default=0.1)
     parser.add_argument("--max-layer-keep", type=float, default=0.9)
-    parser.add_argument("--sensitivity-windows", type=int, default=2,
-                        help="white-sens: calibration windows per layer probe")
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=40)

@@ -219,12 +219,14 @@ def _block_transient(shape: ModelShape, batch: int, seqlen: int, run_bytes: int)
 
 
 def _hessian_bytes(shape: ModelShape) -> int:
-    """One float64 `in × in` sum per distinct input of the largest block, plus the float32
-    factor of each and the float64 work space of one factorisation."""
+    """One float64 `in × in` sum per layer input of the largest block while they accumulate;
+    then, factoring, each sum is freed as its factor is made, and the widest input's
+    factorisation holds two float64 `in × in` matrices (`ops.hessian`); plus the float32
+    factor of each distinct input."""
     distinct = sorted(set(shape.block_inputs)) or [shape.hidden]
     sums = sum(8 * width * width for width in shape.block_inputs)
     factors = sum(4 * width * width for width in distinct)
-    return sums + factors + 3 * 8 * max(distinct) ** 2
+    return max(sums, 2 * 8 * max(distinct) ** 2) + factors
 
 
 def _rebuilt_bytes(shape: ModelShape, bits: int, run_bytes: int) -> int:

@@ -410,58 +410,6 @@ def test_loss_allocation_reports_ranks_errors_and_dense_layers():
     assert {s.name for s in chart.series} >= {"predicted", "measured", "vs original model"}
 
 
-def test_sensitivity_gains_weight_each_share_by_the_measured_slope():
-    """gain = σᵢ²/Σσ² x (measured increase / discarded share at the reference rank); a probe
-    that measured no increase gets 1% of the median slope, not zero."""
-    from compressors.methods.lowrank.factorize import sensitivity_gains
-
-    sigma = {"a": torch.tensor([2.0, 1.0, 1.0]), "b": torch.tensor([1.0, 1.0]),
-             "c": torch.tensor([3.0, 1.0])}
-    gains = sensitivity_gains(sigma, {"a": 1, "b": 1, "c": 1}, {"a": 0.3, "b": 0.1, "c": -0.2})
-    share_a = torch.tensor([4.0, 1.0, 1.0], dtype=torch.float64) / 6
-    assert torch.allclose(gains["a"], share_a * (0.3 / (2 / 6)))
-    assert torch.allclose(gains["b"], torch.tensor([0.5, 0.5], dtype=torch.float64) * 0.2)
-    slopes = sorted([0.3 / (2 / 6), 0.1 / 0.5])
-    floor = 0.01 * slopes[1]
-    assert torch.allclose(gains["c"], torch.tensor([0.9, 0.1], dtype=torch.float64) * floor)
-
-
-def test_loss_probes_restore_every_weight_and_see_their_truncation():
-    from compressors.methods.lowrank.sensitivity import loss_increases
-
-    model = tiny_model("llama").eval()
-    layers = select_layers(model)
-    before = {n: m.weight.detach().clone() for n, m in layers.items()}
-    names = list(layers)[:3]
-    truncated = {names[0]: before[names[0]], names[1]: torch.zeros_like(before[names[1]]),
-                 names[2]: before[names[2]] * 0.5}
-    windows = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator()
-                            .manual_seed(0))
-    increases = loss_increases(model, layers, truncated, windows)
-    assert increases[names[0]] == pytest.approx(0.0, abs=1e-6)
-    assert increases[names[1]] != pytest.approx(0.0, abs=1e-6)
-    assert all(torch.equal(m.weight, before[n]) for n, m in layers.items())
-
-
-def test_sensitivity_allocation_probes_every_layer_within_the_budget():
-    model = tiny_model("llama")
-    targeted = select_layers(model)
-    result = run_lowrank(model, LowRankConfig(target_params=0.5, allocation="sensitivity",
-                                              train_steps=0, evaluate=False),
-                         _context(samples=16))
-    section = result.section
-    assert section["allocation"] == "sensitivity"
-    assert section["kept_fraction_targeted"] <= 0.5
-    assert set(section["layers"]) == set(targeted)
-    assert all("sensitivity" in record for record in section["layers"].values())
-
-
-def test_sensitivity_allocation_is_refused_where_the_model_is_not_whole():
-    with pytest.raises(ValidationError, match=r"placement.*sensitivity"):
-        parse_recipe({"steps": [{"method": "lowrank", "target_params": 0.5, "train_steps": 0,
-                                 "allocation": "sensitivity"}], "placement": "streamed"})
-
-
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
 def test_pela_training_lowers_the_loss_and_only_moves_factors(kind):
     torch.manual_seed(0)

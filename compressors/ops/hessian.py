@@ -45,32 +45,48 @@ def inverse_hessian_factor(
     """Upper Cholesky factor `U` of `(H + λI)⁻¹`, with λ raised ×10 until it factorises.
 
     Works in float64 (the matrices are at most a few thousand wide, so this is cheap) and
-    returns `(U, relative dampening used, attempts)`. `hessian` must have no zero diagonal.
-    One factorisation and one triangular inverse, by reversing the order: with `J` the
-    reversal, `J H J = L Lᵀ` gives `H = R Rᵀ` for the upper `R = J L J`, so
+    returns `(U, relative dampening used, attempts)`. `hessian` must have no zero diagonal
+    and is not changed. One factorisation and one triangular inverse, by reversing the order:
+    with `J` the reversal, `J H J = L Lᵀ` gives `H = R Rᵀ` for the upper `R = J L J`, so
     `H⁻¹ = R⁻ᵀ R⁻¹` and `U = R⁻¹ = J L⁻¹ J` (same result as the reference's
     cholesky -> cholesky_inverse -> cholesky, at a third of the cost).
-
-    Memory: at most three `in × in` float64 matrices besides `hessian` are alive at once (the
-    damped copy and its factor, then the factor and its inverse, solved in place into an
-    identity): for a 5632-wide MLP input each is 254 MB, and the former expressions held five.
     """
-    h = hessian.to(torch.float64)
+    return _inverse_factor_owned([hessian.to(torch.float64)], dampening)
+
+
+def _inverse_factor_owned(
+    holder: list[torch.Tensor], dampening: float
+) -> tuple[torch.Tensor, float, int]:
+    """`inverse_hessian_factor` of the float64 Hessian in `holder`, which this takes over:
+    once the reversed, damped copy exists the Hessian itself is let go (where the caller
+    kept no other reference, its memory is freed), and a retry with more dampening only
+    rewrites that copy's diagonal.
+
+    Memory: at most two `in × in` float64 matrices alive at once (the damped copy and its
+    factor, then the factor and its inverse, then the inverse and its reversal): for a
+    5632-wide MLP input each is 254 MB; the former code held four at its peak.
+    """
+    h = holder.pop()
     mean_diag = float(torch.diagonal(h).mean())
+    damped = h.flip(0, 1)  # a copy; flipping keeps the diagonal on the diagonal
+    del h
+    diagonal = damped.diagonal().clone()
     relative = dampening
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        damped = h.flip(0, 1)  # a copy; flipping keeps the diagonal on the diagonal
-        damped.diagonal().add_(relative * mean_diag)
+        damped.diagonal().copy_(diagonal + relative * mean_diag)
         lower, info = torch.linalg.cholesky_ex(damped)
-        del damped
-        if int(info) == 0:
-            inverse = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+        if int(info) == 0 and bool(torch.isfinite(lower).all()):
+            del damped
+            inverse = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
             torch.linalg.solve_triangular(lower, inverse, upper=False, out=inverse)
             del lower
             upper = inverse.flip(0, 1)
             del inverse
             if bool(torch.isfinite(upper).all()):
                 return upper, relative, attempt
+            # the damped copy is gone (memory): an inverse that overflowed is not retried
+            raise CholeskyError(f"inverse Hessian factor overflowed at dampening {relative:g}")
+        del lower
         relative = relative * FALLBACK_FACTOR if relative > 0 else 1e-4
     raise CholeskyError(
         f"Hessian not positive definite even with dampening {relative / FALLBACK_FACTOR:g} "
@@ -121,20 +137,26 @@ def activation_order(hessian: torch.Tensor) -> torch.Tensor:
 
 def factor_hessian(
     hessian: torch.Tensor, dampening: float = 0.01, order: torch.Tensor | None = None,
-    overwrite: bool = False,
 ) -> HessianFactor:
     """Mark dead inputs (`H_jj = 0` -> 1, as in the reference) and factor the inverse, of the
-    Hessian permuted by `order` when given. `overwrite`: the caller's float64 `hessian` may
-    be changed in place (one `in × in` copy fewer: `HessianAccumulator.factors`)."""
-    h = hessian.detach().to(torch.float64)
+    Hessian permuted by `order` when given; `hessian` is not changed."""
+    return _factor_owned([hessian.detach().to(torch.float64).clone()], dampening, order)
+
+
+def _factor_owned(holder: list[torch.Tensor], dampening: float,
+                  order: torch.Tensor | None) -> HessianFactor:
+    """`factor_hessian` of the float64 Hessian in `holder`, taken over and changed in place
+    (`HessianAccumulator.factors` hands over each sum so it is freed as soon as possible)."""
+    h = holder.pop()
     if order is not None:
-        h = h[order][:, order]
-    elif not (overwrite and h is hessian):
-        h = h.clone()
+        h = h[order]  # the unpermuted one is let go here (the caller kept no reference)
+        h = h[:, order]
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
+    holder.append(h)
+    del h
     with one_thread():
-        upper, used, attempts = inverse_hessian_factor(h, dampening)
+        upper, used, attempts = _inverse_factor_owned(holder, dampening)
     return HessianFactor(upper.to(torch.float32), dead, used, attempts, order)
 
 
@@ -179,22 +201,28 @@ class HessianAccumulator:
         return hessian_from_sum(self.sums[name], self.tokens[name])
 
     def factors(self, dampening: float, act_order: bool = False) -> dict[str, HessianFactor]:
-        """One factor per distinct Hessian (`2 XᵀX / n`); the sums are freed.
+        """One factor per distinct Hessian (`2 XᵀX / n`); the sums are freed, each as soon
+        as its factor is made, and the largest input's work space then has the memory to
+        itself (what sets SparseGPT's and GPTQ's peak at real widths).
 
         `act_order`: each factor is of its Hessian permuted to `activation_order`.
         """
         self._last = None
-        factors: dict[str, HessianFactor] = {}
-        seen: list[tuple[torch.Tensor, int, HessianFactor]] = []
+        groups: list[list[str]] = []  # layers whose sums (and token counts) are equal
         for name, total in self.sums.items():
-            tokens = self.tokens[name]
-            match = next((f for s, n, f in seen if n == tokens and torch.equal(s, total)), None)
-            if match is None:
-                hessian = hessian_from_sum(total, tokens)
-                order = activation_order(hessian) if act_order else None
-                match = factor_hessian(hessian, dampening, order, overwrite=True)
-                del hessian
-                seen.append((total, tokens, match))
-            factors[name] = match
-        self.sums.clear()
+            group = next((g for g in groups if self.tokens[g[0]] == self.tokens[name]
+                          and torch.equal(self.sums[g[0]], total)), None)
+            if group is None:
+                groups.append([name])
+            else:
+                group.append(name)
+        for group in groups:
+            for name in group[1:]:
+                del self.sums[name]
+        factors: dict[str, HessianFactor] = {}
+        for group in groups:
+            holder = [self.sums.pop(group[0]).mul_(2.0 / self.tokens[group[0]])]  # H, in place
+            order = activation_order(holder[0]) if act_order else None
+            factor = _factor_owned(holder, dampening, order)
+            factors.update(dict.fromkeys(group, factor))
         return factors

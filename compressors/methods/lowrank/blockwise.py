@@ -57,7 +57,6 @@ class LayerRecord:
     refit: float | None = None  # the same after the least-squares refit (None: not run)
     refit_kept: bool = False
     whitening: str = ""  # cholesky / eigen
-    sensitivity: float | None = None  # Δ mean NLL with this layer alone truncated (probe)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -98,38 +97,20 @@ def _factor_cache(dampening: float) -> Callable[[torch.Tensor], Whitening]:
     return factor
 
 
-@dataclass
-class Spectra:
-    """The unchanged model's whitened spectra, for the global allocation: σ of `W·S` per
-    layer and, where asked for, the layer's whitened truncation at a reference rank (the
-    dense `[out, in]` weight `W'_r`, on the CPU) that the sensitivity probes swap in."""
-
-    sigma: dict[str, torch.Tensor] = field(default_factory=dict)
-    truncated: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
 def spectra_pass(
     model: nn.Module, windows: torch.Tensor, targets: dict[str, nn.Module], dampening: float,
-    progress: ProgressFn | None = None, reference_ranks: dict[str, int] | None = None,
-) -> Spectra:
-    """σ of `W·S` per layer on the unchanged model (every layer's Gram from the dense
-    model's activations), plus `W'_r` at `reference_ranks[name]` where given."""
-    spectra = Spectra()
-    ranks = reference_ranks or {}
+    progress: ProgressFn | None = None,
+) -> dict[str, torch.Tensor]:
+    """σ of `W·S` per layer on the unchanged model (for the global allocation)."""
+    spectra: dict[str, torch.Tensor] = {}
 
     def observe(block: BlockContext) -> None:
         sums, _ = _grams(block)
         factor = _factor_cache(dampening)
         for name, layer in block.layers.items():
-            weight = weight_matrix(layer).detach()
-            if name in ranks:
-                svd = whitened_svd(weight, factor(sums[name]))
-                up, down = svd.factors(ranks[name])
-                spectra.truncated[name] = (up @ down).to(weight.dtype).cpu()
-                spectra.sigma[name] = svd.sigma.cpu()
-                continue
-            product = weight.double().to(sums[name].device) @ factor(sums[name]).root
-            spectra.sigma[name] = torch.linalg.svdvals(product.float()).double().cpu()
+            product = (weight_matrix(layer).detach().double().to(sums[name].device)
+                       @ factor(sums[name]).root)
+            spectra[name] = torch.linalg.svdvals(product.float()).double().cpu()
         sums.clear()
 
     run_sequential(model, windows, targets, observe, progress)

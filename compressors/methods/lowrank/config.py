@@ -52,19 +52,12 @@ class LowRankConfig(StepConfig, LayerSelection, TrainingConfig):
         "passed through the already-factorized blocks); svd = plain truncated SVD of W "
         "(minimises the weight error, needs no calibration)",
     )
-    allocation: Literal["loss", "sensitivity", "uniform", "energy"] = Field(
+    allocation: Literal["loss", "uniform", "energy"] = Field(
         "loss",
         description="target_params only: loss = global greedy on the truncation loss σ² "
         "(relative to each layer's output energy) saved per parameter, layers where it pays "
-        "more stay dense; sensitivity = the same greedy with each layer's share weighted by "
-        "the model's measured loss increase when that layer alone is truncated (one forward "
-        "per layer on `sensitivity_windows`; in memory only); uniform = every layer keeps "
-        "the same fraction; energy = the older greedy on the plain weight spectrum",
-    )
-    sensitivity_windows: int = Field(
-        2, ge=1, le=256,
-        description="allocation sensitivity: calibration windows each layer's probe runs "
-        "on (the first ones of the calibration set); in [1, 256]",
+        "more stay dense; uniform = every layer keeps the same fraction; energy = the "
+        "older greedy on the plain weight spectrum",
     )
     max_layer_keep: float = Field(
         0.9, gt=0.0, le=1.0,
@@ -132,11 +125,6 @@ class LowRankConfig(StepConfig, LayerSelection, TrainingConfig):
             )
         return self
 
-    def uses_sensitivity(self) -> bool:
-        """Whether ranks come from the measured per-layer loss (whitened init only)."""
-        return (self.target_params is not None and self.allocation == "sensitivity"
-                and self.init == "whitened")
-
     def weights_after(self) -> WeightForm:
         """Factors are final unless merged back: `quantize`/`gptq` take only dense Linear
         weights, so the recipe refuses them after a factorized step (422 naming both)."""
@@ -150,10 +138,8 @@ class LowRankConfig(StepConfig, LayerSelection, TrainingConfig):
         from dataclasses import replace
 
         kept = self.target_params if self.ratio is None else 1.0 / self.ratio
-        # the sensitivity probes hold every targeted layer's truncation: about a model copy
-        probes = self.uses_sensitivity()
         return replace(declared, hessians=self.init == "whitened",
-                       teacher=declared.teacher and (self.train_steps > 0 or probes),
+                       teacher=declared.teacher and self.train_steps > 0,
                        training=declared.training and self.train_steps > 0,
                        trained_share=kept if kept is not None else self.max_layer_keep)
 
@@ -163,10 +149,6 @@ class LowRankConfig(StepConfig, LayerSelection, TrainingConfig):
         Factorization runs block by block on the sequential engine, but PELA training
         back-propagates through the whole model (LM loss at the head, distillation at every
         block), so it needs the whole model on the device at once."""
-        if placement in ("onloaded", "streamed") and self.uses_sensitivity():
-            return (f"lowrank with allocation sensitivity measures the whole model's loss once "
-                    f"per layer and cannot run {placement}; use allocation loss or placement "
-                    "in_memory")
         if placement in ("onloaded", "streamed") and self.train_steps > 0:
             return (f"lowrank with train_steps > 0 (PELA) trains the whole model at once and "
                     f"cannot run {placement}; use train_steps: 0 (the whitened SVD and the refit "

@@ -87,33 +87,6 @@ def allocate_energy(
     return ranks
 
 
-def sensitivity_gains(
-    sigma: dict[str, torch.Tensor], reference_ranks: dict[str, int],
-    increases: dict[str, float],
-) -> dict[str, torch.Tensor]:
-    """Per layer, the predicted loss saved by keeping each direction: its share σᵢ²/Σσ² of
-    the layer's output energy times the layer's measured loss per unit of that share.
-
-    `increases[name]` is the loss increase measured with the layer truncated alone at
-    `reference_ranks[name]`, where it discards `tail = Σ_{i≥r} σᵢ²/Σσ²`; its slope is
-    `increase / tail`. A probe that measured no increase (or a decrease: a few windows can
-    see one) gets a slope of 1% of the median positive one, so that layer is cut first but
-    never for free.
-    """
-    slopes: dict[str, float] = {}
-    for name, s in sigma.items():
-        share = s.double() ** 2 / (s.double() ** 2).sum().clamp_min(1e-300)
-        tail = float(share[reference_ranks[name]:].sum())
-        slopes[name] = increases[name] / tail if tail > 0 and increases[name] > 0 else 0.0
-    positive = sorted(v for v in slopes.values() if v > 0)
-    floor = 0.01 * positive[len(positive) // 2] if positive else 1.0
-    gains = {}
-    for name, s in sigma.items():
-        share = s.double() ** 2 / (s.double() ** 2).sum().clamp_min(1e-300)
-        gains[name] = share * max(slopes[name], floor)
-    return gains
-
-
 def perturbation_loss(
     up: torch.Tensor, down: torch.Tensor, original: torch.Tensor
 ) -> torch.Tensor:

@@ -3,8 +3,7 @@
 `init: whitened` (default) factorizes block by block on the sequential engine
 (`blockwise.factorize_sequential`); with `target_params` and `allocation: loss` the ranks are
 first allocated across all layers from the whitened spectra of the unchanged model
-(`blockwise.spectra_pass`, one more pass); `allocation: sensitivity` also weights each layer by
-the model's measured loss with that layer alone truncated (`sensitivity.loss_increases`). `init: svd` is plain truncated SVD of the weights,
+(`blockwise.spectra_pass`, one more pass). `init: svd` is plain truncated SVD of the weights,
 without calibration. The frozen original the factorized model learns from is a copy of the
 model as this step receives it (for a first step: the loaded checkpoint), so the step also
 composes after others.
@@ -36,10 +35,8 @@ from compressors.methods.lowrank.factorize import (
     break_even_rank,
     rank_for_energy,
     rank_for_ratio,
-    sensitivity_gains,
 )
 from compressors.methods.lowrank.layers import LowRankLinear, lowrank_layers, merge_to_dense
-from compressors.methods.lowrank.sensitivity import loss_increases
 from compressors.methods.lowrank.train import train_pela
 from compressors.ops.whitening import WhitenedSVD, allocate_by_loss
 from compressors.recipe.text import load_text
@@ -62,12 +59,9 @@ def pays(shape: tuple[int, int], rank: int, max_layer_keep: float) -> bool:
 
 def planned_ranks(
     shapes: Shapes, config: LowRankConfig, spectra: dict[str, torch.Tensor] | None = None,
-    gains: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, int | None] | None:
     """Ranks known before factorizing (None for a layer: stays dense); None when the rule is
-    per layer on the spectrum it factorizes (`energy`). `spectra`: for `allocation: loss`
-    (each layer's σᵢ² relative to its output energy) unless `gains` are given
-    (`allocation: sensitivity`, the same shares weighted by the measured slope)."""
+    per layer on the spectrum it factorizes (`energy`). `spectra`: for `allocation: loss`."""
     if config.rank is not None:
         return dict.fromkeys(shapes, config.rank)
     if config.ratio is not None:
@@ -79,10 +73,9 @@ def planned_ranks(
     if config.allocation == "energy":
         assert spectra is not None
         return dict(allocate_energy(spectra, shapes, config.target_params))
-    if gains is None:
-        assert spectra is not None
-        gains = {n: _relative_gains(sigma) for n, sigma in spectra.items()}
+    assert spectra is not None
     budget = config.target_params * sum(out * inp for out, inp in shapes.values())
+    gains = {n: _relative_gains(sigma) for n, sigma in spectra.items()}
     return allocate_by_loss(gains, shapes, budget, config.max_layer_keep)
 
 
@@ -162,47 +155,21 @@ def _factorize_whitened(
     """`init: whitened`: allocation pass when the rule needs it, then the factorizing pass."""
     shapes = {name: tuple(weight_matrix(layer).shape) for name, layer in layers.items()}
     windows = context.calibration_tokens()
-    spectra = gains = None
-    sensitivity: dict[str, float] = {}
-    if config.uses_sensitivity():
-        gains, sensitivity = _sensitivity_gains(model, layers, shapes, config, context)
-    elif config.target_params is not None and config.allocation == "loss":
+    spectra = None
+    if config.target_params is not None and config.allocation == "loss":
         context.progress(0.0, "whitened spectra of every layer (allocation pass)")
         spectra = spectra_pass(model, windows, layers, config.dampening,
-                               _span(context, 0.0, 0.02)).sigma
+                               _span(context, 0.0, 0.02))
     elif config.target_params is not None and config.allocation == "energy":
         spectra = {n: torch.linalg.svdvals(weight_matrix(m).detach().float())
                    for n, m in layers.items()}
-    planned = planned_ranks(shapes, config, spectra, gains)
+    planned = planned_ranks(shapes, config, spectra)
     context.progress(0.02, "factorizing block by block")
     records = factorize_sequential(model, windows, layers, rank_rule(shapes, config, planned),
                                    config.dampening, config.refit, _span(context, 0.02, 0.05))
     skipped = {name: _dense_reason(shapes[name], planned[name] if planned else None, config)
                for name, record in records.items() if record.rank is None}
-    for name, increase in sensitivity.items():
-        records[name].sensitivity = increase
     return records, skipped
-
-
-def _sensitivity_gains(
-    model: nn.Module, layers: dict[str, nn.Module], shapes: Shapes, config: LowRankConfig,
-    context: StepContext,
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """`allocation: sensitivity`: spectra plus each layer's truncation at the uniform rank,
-    the model's loss with each truncation alone; the gains `planned_ranks` allocates by,
-    and the measured increases for the report."""
-    if not is_causal_lm(model):
-        raise ValueError("lowrank allocation sensitivity measures the next-token loss, which "
-                         "only causal language models have; use allocation loss")
-    reference = allocate_uniform(shapes, config.target_params)
-    context.progress(0.0, "whitened spectra and reference truncations of every layer")
-    spectra = spectra_pass(model, context.calibration_tokens(), layers, config.dampening,
-                           _span(context, 0.0, 0.01), reference_ranks=reference)
-    windows = context.calibration_tokens()[: config.sensitivity_windows]
-    increases = loss_increases(model, layers, spectra.truncated, windows,
-                               _span(context, 0.01, 0.02))
-    spectra.truncated.clear()
-    return sensitivity_gains(spectra.sigma, reference, increases), increases
 
 
 def _span(context: StepContext, start: float, end: float) -> Callable[[float, str], None]:
@@ -270,9 +237,8 @@ def run(model: nn.Module, config: LowRankConfig, context: StepContext) -> StepRe
     layers = select_layers(model, config.include, config.exclude)
     causal = is_causal_lm(model)
     in_memory = context.placement_mode == "in_memory"
-    refused = config.placement_error(context.placement_mode)
-    if refused is not None:
-        raise ValueError(refused)
+    if config.train_steps > 0 and not in_memory:
+        raise ValueError(config.placement_error(context.placement_mode) or "placement")
     targeted_before = sum(weight_matrix(layer).numel() for layer in layers.values())
     model_before = _count(model)
     context.progress(0.0, f"factorizing {len(layers)} layers ({config.init} init)")
