@@ -208,14 +208,7 @@ class HessianAccumulator:
         `act_order`: each factor is of its Hessian permuted to `activation_order`.
         """
         self._last = None
-        groups: list[list[str]] = []  # layers whose sums (and token counts) are equal
-        for name, total in self.sums.items():
-            group = next((g for g in groups if self.tokens[g[0]] == self.tokens[name]
-                          and torch.equal(self.sums[g[0]], total)), None)
-            if group is None:
-                groups.append([name])
-            else:
-                group.append(name)
+        groups = self._equal_groups()
         for group in groups:
             for name in group[1:]:
                 del self.sums[name]
@@ -226,3 +219,17 @@ class HessianAccumulator:
             factor = _factor_owned(holder, dampening, order)
             factors.update(dict.fromkeys(group, factor))
         return factors
+
+    def _equal_groups(self) -> list[list[str]]:
+        """Layers whose sums and token counts are equal (fed the same inputs), first name
+        first. A function of its own so that no loop variable of the caller keeps a sum
+        alive while the widest one is factored."""
+        groups: list[list[str]] = []
+        for name, total in self.sums.items():
+            group = next((g for g in groups if self.tokens[g[0]] == self.tokens[name]
+                          and torch.equal(self.sums[g[0]], total)), None)
+            if group is None:
+                groups.append([name])
+            else:
+                group.append(name)
+        return groups
