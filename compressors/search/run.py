@@ -394,9 +394,13 @@ def _finish(search: _Search, summary: dict[str, Any], out: Path,
     goal = search.goal
     wanted = 1 if goal.minimize == "size_bytes" else goal.finalists
     finalists: list[tuple[Candidate, dict[str, Any], Path]] = []
-    for candidate in search.ranked():
+    for tried, candidate in enumerate(search.ranked()):
         final_dir = search.scratch / f"final-{search.candidates.index(candidate)}"
-        report = _final_run(search, candidate, final_dir)
+        share = (_FINAL - _VERIFY) / wanted  # each finalist its own slice: progress never
+        start = min(_VERIFY + tried * share, _FINAL - share)  # runs backwards
+        report = _final_run(search, candidate, final_dir,
+                            _scoped(search.progress, start, start + share,
+                                    f"full evaluation {tried + 1}"))
         if candidate.final["meets"]:
             finalists.append((candidate, report, final_dir))
         else:
@@ -415,13 +419,13 @@ def _finish(search: _Search, summary: dict[str, Any], out: Path,
     return SearchResult(report=report, recipe=recipe, search=summary)
 
 
-def _final_run(search: _Search, candidate: Candidate, final_dir: Path) -> dict[str, Any]:
+def _final_run(search: _Search, candidate: Candidate, final_dir: Path,
+               progress: ProgressCallback | None) -> dict[str, Any]:
     """One candidate's recipe at the goal's full evaluation; fills `candidate.final`."""
     goal = search.goal
     recipe = dict(candidate.recipe, evaluation=goal.evaluation.model_dump(mode="json"))
     dense = search.dense_perplexity(goal.evaluation.windows)
-    report = _run_recipe(search.source, recipe, final_dir,
-                         _scoped(search.progress, _VERIFY, _FINAL, "chosen recipe"),
+    report = _run_recipe(search.source, recipe, final_dir, progress,
                          search.device, search.model_name, search.roots, dense)
     candidate.final = _metrics(report, dense)
     candidate.final["meets"] = not meets(candidate.final, goal, search.size_limit)
