@@ -32,11 +32,13 @@ class CholeskyError(RuntimeError):
 
 
 
-def hessian_from_sum(xtx_sum: torch.Tensor, tokens: int) -> torch.Tensor:
-    """`H = 2 XᵀX / n` from an accumulated `XᵀX` (the scale matches the reference)."""
+def hessian_from_sum(xtx_sum: torch.Tensor, tokens: int, in_place: bool = False
+                     ) -> torch.Tensor:
+    """`H = 2 XᵀX / n` from an accumulated `XᵀX` (the scale matches the reference);
+    `in_place`: scale the sum itself (no `in × in` copy: `HessianAccumulator.factors`)."""
     if tokens <= 0:
         raise ValueError("tokens: need at least one calibration token to build a Hessian")
-    return xtx_sum * (2.0 / tokens)
+    return xtx_sum.mul_(2.0 / tokens) if in_place else xtx_sum * (2.0 / tokens)
 
 
 def inverse_hessian_factor(
@@ -214,7 +216,8 @@ class HessianAccumulator:
                 del self.sums[name]
         factors: dict[str, HessianFactor] = {}
         for group in groups:
-            holder = [self.sums.pop(group[0]).mul_(2.0 / self.tokens[group[0]])]  # H, in place
+            holder = [hessian_from_sum(self.sums.pop(group[0]), self.tokens[group[0]],
+                                       in_place=True)]
             order = activation_order(holder[0]) if act_order else None
             factor = _factor_owned(holder, dampening, order)
             factors.update(dict.fromkeys(group, factor))
