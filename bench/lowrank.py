@@ -4,10 +4,15 @@ loss allocation, the least-squares refit, then PELA training (protocol: DESIGN.m
 Rows, for each kept fraction of the factorized layers' parameters (80% / 66.7% / 50%):
 
 - `svd`: plain truncated SVD of the weights, uniform ranks (the old init)
-- `white-uniform`: activation-whitened SVD, block by block, uniform ranks, no refit
-- `white-loss`: whitened, ranks allocated by the truncation loss, no refit
+- `white-uniform`: activation-whitened SVD (`weighting: activations`), block by block,
+  uniform ranks, no refit
+- `white-loss`: the same, ranks allocated by the truncation loss relative to each layer's
+  output energy, no refit
 - `refit`: + the least-squares refit of `up` (off in the step by default: it measured worse)
-- `pela`: `white-loss` (the step's defaults) + PELA training for `--steps` steps
+- `fisher-uniform`, `fisher-loss`: the SVD weighted by the loss gradients' Gram matrix at each
+  layer's output as well (`weighting: fisher`), uniform ranks / ranks allocated in loss units
+- `pela`: `fisher-loss` (the step's defaults) + PELA training for `--steps` steps on fresh
+  windows of the calibration text
 
 Each row runs in its own process (its peak RSS is its own), one at a time (the machine is
 shared). Perplexity on the evaluation text (SOTU 2000-) and the second text (pydoc:topics),
@@ -16,7 +21,7 @@ checkpoint; seconds; peak RSS; with `--latency` the CPU forward latency of the f
 the dense model at batch 1 and 8 x 512 tokens, measured interleaved in one process
 (`bench/latency.py`).
 
-    .venv/bin/python bench/lowrank.py --rows white-loss --keeps 0.8 0.667  # no-training bars
+    .venv/bin/python bench/lowrank.py --rows fisher-loss --keeps 0.8 0.667  # no-training bars
     .venv/bin/python bench/lowrank.py --rows pela --keeps 0.8 --steps 300
     .venv/bin/python bench/lowrank.py --only minilm
 """
@@ -43,7 +48,12 @@ ROWS = {
                       "train": False},
     "white-loss": {"init": "whitened", "allocation": "loss", "refit": False, "train": False},
     "refit": {"init": "whitened", "allocation": "loss", "refit": True, "train": False},
-    "pela": {"init": "whitened", "allocation": "loss", "refit": False, "train": True},
+    "fisher-uniform": {"init": "whitened", "allocation": "uniform", "refit": False,
+                       "weighting": "fisher", "train": False},
+    "fisher-loss": {"init": "whitened", "allocation": "loss", "refit": False,
+                    "weighting": "fisher", "train": False},
+    "pela": {"init": "whitened", "allocation": "loss", "refit": False, "weighting": "fisher",
+             "train": True},
 }
 SECOND_TEXT = "pydoc:topics"
 
@@ -83,7 +93,9 @@ def _config(args: argparse.Namespace, row: dict, keep: float, encoder: bool):
     from compressors.methods.lowrank.config import LowRankConfig
 
     steps = (args.encoder_steps if encoder else args.steps) if row["train"] else 0
-    extra = {"refit": row["refit"]} if "refit" in row else {}
+    extra = {key: row[key] for key in ("refit", "weighting") if key in row}
+    if encoder or "weighting" not in row:  # the rows before the fisher weighting; encoders
+        extra["weighting"] = "activations"  # have no next-token loss to weight by
     return LowRankConfig(
         target_params=keep, init=row["init"], allocation=row["allocation"], **extra,
         max_layer_keep=args.max_layer_keep, train_steps=steps, lr=args.lr,
@@ -214,7 +226,7 @@ def _print_smollm2(dense: dict | None, rows: list[dict]) -> None:
 def _print_ranks(rows: list[dict]) -> None:
     """Per-layer ranks of the loss allocation, summarized per layer kind."""
     for row in rows:
-        if row["row"] not in ("white-loss", "refit", "pela") or not row.get("ranks"):
+        if ROWS[row["row"]]["allocation"] != "loss" or not row.get("ranks"):
             continue
         by_kind: dict[str, list[int]] = {}
         for name, rank in row["ranks"].items():

@@ -44,6 +44,7 @@ class ModelShape:
     block_parameters: int  # the largest block
     blocks: int
     block_inputs: tuple[int, ...]  # in_features of each 2-D weight of the largest block
+    block_outputs: tuple[int, ...]  # out_features of the same weights
     hidden: int
     intermediate: int
     heads: int
@@ -118,6 +119,7 @@ def read_shape(folder: Path) -> ModelShape | None:
     prefix = max(counts, key=counts.__getitem__)
     per_block: dict[int, int] = {}
     inputs: dict[int, list[int]] = {}
+    outputs: dict[int, list[int]] = {}
     outer = 0
     for name, (shape, _dtype) in sizes.items():
         match = _BLOCK.match(name)
@@ -126,6 +128,7 @@ def read_shape(folder: Path) -> ModelShape | None:
             per_block[index] = per_block.get(index, 0) + _numel(shape)
             if len(shape) == 2 and name.endswith(".weight"):
                 inputs.setdefault(index, []).append(shape[1])
+                outputs.setdefault(index, []).append(shape[0])
         else:
             outer += _numel(shape)
     largest = max(per_block, key=per_block.__getitem__)
@@ -135,7 +138,8 @@ def read_shape(folder: Path) -> ModelShape | None:
         parameters=sum(_numel(s) for s, _d in sizes.values()),
         stored_bytes_per_param=max(set(stored), key=stored.count),
         outer_parameters=outer, block_parameters=per_block[largest], blocks=len(per_block),
-        block_inputs=tuple(inputs.get(largest, [])), hidden=hidden,
+        block_inputs=tuple(inputs.get(largest, [])),
+        block_outputs=tuple(outputs.get(largest, [])), hidden=hidden,
         intermediate=int(config.get("intermediate_size") or config.get("n_inner")
                          or config.get("ffn_dim") or 4 * hidden),
         heads=int(config.get("num_attention_heads") or config.get("n_head") or 1),
@@ -190,6 +194,8 @@ def estimate(shape: ModelShape | None, recipe: Any, run_bytes: int) -> Estimate:
             whole += weights
         if needs.training:
             whole += _training_bytes(shape, step, needs.trained_share)
+        if needs.output_grams:
+            whole += _output_gram_bytes(shape, cal.seqlen)
         if needs.reload:
             whole += weights + _rebuilt_bytes(shape, needs.reload_bits, run_bytes)
         if method.uses_masks:
@@ -257,6 +263,16 @@ def _training_bytes(shape: ModelShape, step: Any, trained_share: float) -> int:
     return shape.blocks * per_block + logits + optimizer
 
 
+def _output_gram_bytes(shape: ModelShape, seqlen: int) -> int:
+    """The fisher weighting's backward pass of one calibration window through the whole model
+    (as `_training_bytes`' activations, no optimizer) and its float32 `out × out` sums, one per
+    2-D weight of every block."""
+    activations = shape.blocks * seqlen * (20 * shape.hidden + 4 * shape.intermediate) * 4
+    logits = 3 * seqlen * shape.vocab * 4
+    sums = shape.blocks * sum(4 * width * width for width in shape.block_outputs)
+    return activations + logits + sums
+
+
 def _evaluation_bytes(shape: ModelShape, recipe: Any, weights: int, held: dict[str, int],
                       run_bytes: int) -> dict[str, int]:
     """Perplexity: the logits of one window (three float32 copies while the loss is formed);
@@ -284,6 +300,8 @@ def choose_placement(estimate: Estimate, recipe: Any, limits: Limits, device_typ
     for mode in candidates:
         if mode == "streamed" and not all(s.blockwise for s in estimate.steps):
             continue
+        if any(_refuses(step, mode) for step in recipe.steps):
+            continue  # e.g. a step that back-propagates through the whole model, onloaded
         ram, device = estimate.peak(mode), estimate.device_peak(mode)
         fits_device = device_type == "cpu" or limits.device_bytes is None or (
             device <= limits.device_bytes)
@@ -292,6 +310,12 @@ def choose_placement(estimate: Estimate, recipe: Any, limits: Limits, device_typ
     if recipe.placement != "auto":  # a forced placement that does not fit is refused too:
         raise DoesNotFit(_explain_forced(estimate, recipe.placement, limits))  # not OOM-killed
     raise DoesNotFit(_explain(estimate, limits))
+
+
+def _refuses(step: Any, mode: str) -> bool:
+    """The step says it cannot run with the model held `mode` (`placement_error`)."""
+    refuse = getattr(step, "placement_error", None)
+    return refuse is not None and refuse(mode) is not None
 
 
 def _explain_forced(estimate: Estimate, mode: str, limits: Limits) -> str:

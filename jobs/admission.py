@@ -1,9 +1,11 @@
 """Admission: what submission checks beyond the recipe's own validation, before a job queues.
 
-Two things a recipe cannot know alone, both read without torch and without loading a model:
+Three things a recipe cannot know alone, read without torch and without loading a model:
 
 - its layer selection must match layers of *this* model (`include: ["zzzz"]` would change
   nothing, and a job that changes nothing is an error), read from the safetensors headers;
+- settings that need a next-token loss (low-rank `weighting: fisher`) need a model whose
+  config.json declares a causal-LM architecture;
 - the job must fit a worker: the memory estimate (`compressors.memory`) of this model and
   recipe, against the largest limits a live worker advertises (its RAM, cgroup limit and
   WORKER_MEMORY_LIMIT, written beside its heartbeat), so `samples: 1024, seqlen: 8192` on a
@@ -149,6 +151,34 @@ def layer_errors(folder: Path, recipe: Any) -> list[tuple[Location, str]]:
     return errors
 
 
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def _architectures(folder: Path) -> list[str]:
+    config = folder / "config.json"
+    if not config.is_file():
+        return []
+    found = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return [str(name) for name in found] if isinstance(found, list) else []
+
+
+def model_kind_errors(folder: Path, recipe: Any) -> list[tuple[Location, str]]:
+    """Steps whose settings need a next-token loss (`needs_causal_lm` names the field) on a
+    model whose config declares no LM head (an encoder such as BertModel)."""
+    architectures = _architectures(folder)
+    if not architectures or any(a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
+        return []  # a causal LM, or undeclared: the worker checks the loaded model
+    errors: list[tuple[Location, str]] = []
+    for index, step in enumerate(recipe.steps):
+        needs = getattr(step, "needs_causal_lm", None)
+        reason = needs() if needs is not None else None
+        if reason:
+            field, why = reason
+            errors.append((("steps", index, field),
+                           f"{why}; this model ({', '.join(architectures)}) has no LM head"))
+    return errors
+
+
 def memory_errors(folder: Path, recipe: Any, limits: Limits) -> list[tuple[Location, str]]:
     """The job must fit the most generous worker (the estimate names the step and bytes)."""
     estimate = estimate_source(folder, recipe)
@@ -172,7 +202,7 @@ def admission_errors(model_path: str, recipe: Any,
     if folder is None:
         return []
     try:
-        errors = layer_errors(folder, recipe)
+        errors = layer_errors(folder, recipe) + model_kind_errors(folder, recipe)
         if not errors and limits is not None:
             errors = memory_errors(folder, recipe, limits)
     except (OSError, ValueError, KeyError):  # an unreadable header: the worker will say more

@@ -35,6 +35,7 @@ from compressors.methods.lowrank.factorize import (
     reduces_params,
     svd_factors,
 )
+from compressors.methods.lowrank.fisher import output_fisher
 from compressors.methods.lowrank.layers import LowRankLinear, lowrank_layers, merge_to_dense
 from compressors.methods.lowrank.step import choose_ranks
 from compressors.methods.lowrank.step import run as run_lowrank
@@ -164,6 +165,29 @@ def test_whitened_truncation_loss_is_the_exact_output_error_and_beats_plain_svd(
         assert fast.loss(rank) == pytest.approx(direct, abs=1e-5 * svd.energy)
 
 
+def test_output_weighted_truncation_loss_is_the_kronecker_factored_error():
+    """With an output-side Gram matrix F as well, each discarded σᵢ² of `Tᵀ W S` is exactly
+    `tr(ΔW G ΔWᵀ F)`, and that weighted error is lower than the input-only SVD's."""
+    torch.manual_seed(0)
+    weight = torch.randn(32, 24, dtype=torch.float64)
+    x = _correlated_inputs(24, 200)
+    g = _correlated_inputs(32, 300, seed=1)  # loss gradients at the outputs, anisotropic
+    gram, fisher = x.T @ x, g.T @ g
+    inputs_only = whitened_svd(weight, whitening_factor(gram, 0.0), dtype=torch.float64)
+    weighted = whitened_svd(weight, whitening_factor(gram, 0.0), dtype=torch.float64,
+                            output=whitening_factor(fisher, 0.0))
+
+    def kfac_error(approx: torch.Tensor) -> float:
+        diff = weight - approx
+        return float(torch.trace(diff @ gram @ diff.T @ fisher))
+
+    for rank in (3, 8, 16):
+        up, down = weighted.factors(rank)
+        assert kfac_error(up @ down) == pytest.approx(weighted.loss(rank), rel=1e-6)
+        plain_up, plain_down = inputs_only.factors(rank)
+        assert kfac_error(up @ down) < kfac_error(plain_up @ plain_down)
+
+
 def test_loss_allocation_spends_the_budget_on_the_costliest_directions():
     shapes = {"flat": (64, 64), "steep": (64, 64), "wide": (32, 128)}
     gains = {"flat": torch.full((64,), 1 / 64), "steep": 0.5 ** torch.arange(1.0, 65.0),
@@ -246,8 +270,11 @@ def test_pela_training_is_refused_where_the_whole_model_is_not_on_the_device():
     with pytest.raises(ValidationError, match=r"placement.*trains the whole model"):
         parse_recipe({"steps": [{"method": "lowrank", "rank": 4, "train_steps": 5}],
                       "placement": "onloaded"})
-    parse_recipe({"steps": [{"method": "lowrank", "rank": 4, "train_steps": 0}],
-                  "placement": "onloaded"})
+    parse_recipe({"steps": [{"method": "lowrank", "rank": 4, "train_steps": 0,
+                             "weighting": "activations"}], "placement": "onloaded"})
+    with pytest.raises(ValidationError, match=r"weighting: fisher back-propagates"):
+        parse_recipe({"steps": [{"method": "lowrank", "rank": 4, "train_steps": 0,
+                                 "weighting": "fisher"}], "placement": "streamed"})
 
 
 def test_memory_needs_follow_the_settings():
@@ -259,6 +286,9 @@ def test_memory_needs_follow_the_settings():
     assert not (plain.hessians or plain.teacher or plain.training)
     trained = step_needs(LowRankConfig(rank=4, train_steps=3), declared)
     assert trained.hessians and trained.teacher and trained.training
+    assert not trained.output_grams
+    fisher = step_needs(LowRankConfig(rank=4, train_steps=0, weighting="fisher"), declared)
+    assert fisher.output_grams and fisher.hessians and not fisher.training
 
 
 # ---------------------------------------------------------------- layer + model surgery
@@ -290,6 +320,11 @@ def test_layers_that_would_not_shrink_or_not_pay_are_left_dense():
     assert len(ranks) == 6 and "0.9" in next(v for k, v in skipped.items() if "q_proj" in k)
 
 
+def _weighting(kind: str) -> str:
+    """The default `fisher` weighting needs a next-token loss: encoders take `activations`."""
+    return "activations" if kind == "bert" else "fisher"
+
+
 def _context(model_source: Path = Path("."), tokenizer=None, samples: int = 8) -> StepContext:
     """Random token windows stand in for calibration text on tiny models (vocab 256)."""
     ids = torch.randint(0, 256, (samples, 32), generator=torch.Generator().manual_seed(0))
@@ -303,7 +338,7 @@ def test_uniform_step_reduces_targeted_parameters_to_the_target(kind, init):
     targeted = sum(p.numel() for n, m in select_layers(model).items()
                    for p in [m.weight])
     config = LowRankConfig(target_params=0.5, train_steps=0, evaluate=False, init=init,
-                           allocation="uniform")
+                           allocation="uniform", weighting=_weighting(kind))
     section = run_lowrank(model, config, _context()).section
     assert section["params_targeted_before"] == targeted
     assert 0.4 < section["kept_fraction_targeted"] <= 0.5
@@ -410,6 +445,69 @@ def test_loss_allocation_reports_ranks_errors_and_dense_layers():
     assert {s.name for s in chart.series} >= {"predicted", "measured", "vs original model"}
 
 
+def test_output_fisher_is_the_gram_matrix_of_the_loss_gradients_at_each_output():
+    """Checked against autograd for one layer: the gradient of each window's mean next-token
+    loss at the layer's output, summed as g gᵀ over tokens; the parameters are left as they
+    were (no gradients, requires_grad restored)."""
+    model = tiny_model("llama").eval()
+    layers = select_layers(model)
+    name = next(n for n in layers if n.endswith("mlp.up_proj"))
+    windows = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(0))
+    sums = output_fisher(model, windows, layers)
+    assert set(sums) == set(layers)
+    expected = torch.zeros_like(sums[name])
+    kept: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        out.retain_grad()
+        kept.append(out)
+
+    handle = layers[name].register_forward_hook(keep)
+    for window in windows:
+        logits = model(input_ids=window[None]).logits[0, :-1]
+        torch.nn.functional.cross_entropy(logits, window[1:]).backward()
+        grad = kept.pop().grad.reshape(-1, layers[name].out_features)
+        expected += grad.T @ grad
+        model.zero_grad(set_to_none=True)
+    handle.remove()
+    torch.testing.assert_close(sums[name], expected, rtol=1e-4, atol=1e-10)
+    assert all(p.requires_grad for p in model.parameters())
+
+    fresh = tiny_model("llama").eval()
+    output_fisher(fresh, windows, select_layers(fresh))
+    assert all(p.grad is None and p.requires_grad for p in fresh.parameters())
+
+
+def test_fisher_weighting_keeps_the_predictions_closer_and_needs_a_causal_lm():
+    """Same budget, uniform ranks: weighting the SVD by the loss gradients keeps the model's
+    next-token distribution closer to the original's (KL, whose curvature the gradient Gram
+    matrix estimates: on a random model predicting near-uniformly, the empirical Fisher is
+    the Fisher); refused for an encoder (no next-token loss) naming the setting."""
+    original = tiny_model("llama").eval()
+    context = _context(samples=16)
+    ids = context.calibration_tokens()
+    with torch.no_grad():
+        reference = torch.log_softmax(original(input_ids=ids).logits, -1)
+
+    def kl(model: nn.Module) -> float:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits, -1)
+        return float((reference.exp() * (reference - logp)).sum(-1).mean())
+
+    divergence = {}
+    for weighting in ("activations", "fisher"):
+        model = copy.deepcopy(original)
+        config = LowRankConfig(target_params=0.5, allocation="uniform", weighting=weighting,
+                               train_steps=0, evaluate=False)
+        section = run_lowrank(model, config, context).section
+        assert section["weighting"] == weighting and section["kept_fraction_targeted"] <= 0.5
+        divergence[weighting] = kl(model)
+    assert 0 < divergence["fisher"] < 0.9 * divergence["activations"], divergence
+    with pytest.raises(ValueError, match=r"weighting: fisher .* no LM head"):
+        run_lowrank(tiny_model("bert"), LowRankConfig(target_params=0.5, train_steps=0,
+                                                      evaluate=False), _context())
+
+
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
 def test_pela_training_lowers_the_loss_and_only_moves_factors(kind):
     torch.manual_seed(0)
@@ -462,7 +560,8 @@ def test_checkpoint_is_smaller_and_reloads_to_identical_outputs(kind, tmp_path):
     model = tiny_model(kind)
     dense_dir = tmp_path / "dense"
     model.save_pretrained(dense_dir, safe_serialization=True)
-    run_lowrank(model, LowRankConfig(target_params=0.5, train_steps=0, evaluate=False), _context())
+    run_lowrank(model, LowRankConfig(target_params=0.5, train_steps=0, evaluate=False,
+                                     weighting=_weighting(kind)), _context())
     out = tmp_path / "factorized"
     save_checkpoint(model, None, out)
     spec = json.loads((out / "lowrank.json").read_text())
@@ -558,7 +657,7 @@ def test_minilm_distillation_raises_embedding_cosine(tmp_path):
     context = StepContext(model_source=loaded.source, tokenizer=loaded.tokenizer,
                           calibration=CalibrationConfig(text=str(text), samples=8, seqlen=128))
     config = LowRankConfig(target_params=0.5, train_steps=20, warmup=3, seqlen=128,
-                           cosine_sentences=24)
+                           cosine_sentences=24, weighting="activations")
     section = run_lowrank(loaded.model, config, context).section
     svd, trained = section["embedding_cosine_svd"], section["embedding_cosine_trained"]
     assert 0.0 < svd["mean"] < 0.999

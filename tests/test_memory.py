@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from compressors import memory
 from compressors.recipe import parse_recipe
@@ -32,6 +33,8 @@ def test_shape_from_headers_matches_the_model(tiny_folder, smollm2_tokenizer):
     assert shape.block_parameters == block
     assert shape.outer_parameters == shape.parameters - 2 * block
     assert sorted(set(shape.block_inputs)) == [64, 128]  # q/k/v/o/gate/up read 64, down 128
+    linears = [m for m in model.model.layers[0].modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(shape.block_outputs) == sorted(m.out_features for m in linears)
 
 
 def test_estimating_never_imports_torch(tiny_folder):

@@ -40,7 +40,10 @@ class MemoryNeeds:
     """What a step holds besides the model and the calibration activations.
 
     `hessians`: one `in × in` float64 Gram matrix per layer of the current block (SparseGPT,
-    GPTQ, whitened SVD). `teacher`: a second full copy of the model (distillation targets).
+    GPTQ, whitened SVD). `output_grams`: one `out × out` float32 Gram matrix of the loss
+    gradients per targeted layer of every block at once, from a backward pass through the
+    whole model (low-rank `weighting: fisher`). `teacher`: a second full copy of the model
+    (distillation targets).
     `training`: gradients and AdamW state of the trained parameters, plus the activations a
     backward pass keeps; `trained_share`: those parameters as a share of the blocks' weights
     (PERP's adapters and norms ~2%; a low-rank step trains every factor). `reload`: the model
@@ -49,6 +52,7 @@ class MemoryNeeds:
     """
 
     hessians: bool = False
+    output_grams: bool = False
     teacher: bool = False
     training: bool = False
     trained_share: float = 0.02
@@ -145,9 +149,10 @@ METHODS: dict[str, Method] = {
                uses_masks=True, blockwise=True,
                leaves_hint="quantized weights are final: put rtn last"),
         Method("lowrank", LowRankConfig,
-               "low-rank factorization of Linear layers: activation-whitened SVD block by "
-               "block (SVD-LLM), ranks allocated by truncation loss, least-squares refit, then "
-               "PELA training against the frozen original (distillation + perturbation)",
+               "low-rank factorization of Linear layers: SVD whitened by each layer's inputs "
+               "(SVD-LLM) and weighted by the loss gradients at its outputs (Kronecker-factored "
+               "Fisher), block by block, ranks allocated by predicted loss, then PELA training "
+               "against the frozen original (distillation + perturbation)",
                needs_calibration=True, section="lowrank",
                charts=("ranks", "lowrank-error", "pela-loss"),
                leaves_hint="its factors are not Linear weights a quantizer can take: set "

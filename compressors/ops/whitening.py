@@ -107,7 +107,8 @@ class WhitenedSVD:
 
 
 def whitened_svd(weight: torch.Tensor, whitening: Whitening,
-                 dtype: torch.dtype = torch.float32) -> WhitenedSVD:
+                 dtype: torch.dtype = torch.float32,
+                 output: Whitening | None = None) -> WhitenedSVD:
     """The SVD of `W S` (the truncation-aware decomposition), returned in float64.
 
     `W S` is formed in float64; the SVD itself runs in `dtype`. float32 is the default because
@@ -115,10 +116,21 @@ def whitened_svd(weight: torch.Tensor, whitening: Whitening,
     float32 on the 2-core CI machine, and the singular vectors only need float32 accuracy
     (σ and the losses come out to ~1e-7 of the largest σ²); the ill-conditioned pieces, the
     Gram matrix's factor and inverse and the product `V_rᵀ S⁻¹`, stay float64.
+
+    `output` (`T Tᵀ = F`, a Gram matrix of the layer's *output* side, e.g. the gradients of
+    the loss there) weights the output error too: the SVD is of `Tᵀ W S`, which minimises
+    `tr((W − W') G (W − W')ᵀ F)` (a Kronecker-factored second-order loss), and `u` is mapped
+    back by `T⁻ᵀ` so that `factors` need not know.
     """
     w = weight.detach().to(device=whitening.root.device, dtype=torch.float64)
-    u, sigma, vh = torch.linalg.svd((w @ whitening.root).to(dtype), full_matrices=False)
-    return WhitenedSVD(u.double(), sigma.double(), vh.double(), whitening.inverse)
+    product = w @ whitening.root
+    if output is not None:
+        product = output.root.to(product.device).T @ product
+    u, sigma, vh = torch.linalg.svd(product.to(dtype), full_matrices=False)
+    u = u.double()
+    if output is not None:
+        u = output.inverse.to(u.device).T @ u
+    return WhitenedSVD(u, sigma.double(), vh.double(), whitening.inverse)
 
 
 def output_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:

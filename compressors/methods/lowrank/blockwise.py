@@ -5,7 +5,8 @@ For each block, in order:
 1. the engine's `collect` feeds every targeted layer's inputs (outputs of the blocks already
    factorized) to the shared Gram accumulator (`ops.hessian.HessianAccumulator`, the same
    one SparseGPT and GPTQ use);
-2. each layer's Gram matrix is factored (`ops.whitening`), `W·S` decomposed, and the layer
+2. each layer's Gram matrix is factored (`ops.whitening`), `W·S` decomposed (`Tᵀ·W·S` when
+   the loss gradients' Gram matrix `T Tᵀ` at the layer's output is given), and the layer
    replaced by its rank-r factors; the rank comes from the step's rule (or from the global
    allocation made beforehand by `spectra_pass`); the predicted squared output error is the
    sum of the discarded σᵢ², and the exact one on the same inputs is recorded beside it;
@@ -97,11 +98,20 @@ def _factor_cache(dampening: float) -> Callable[[torch.Tensor], Whitening]:
     return factor
 
 
+def _output_whitening(output_grams: dict[str, torch.Tensor] | None, name: str,
+                      dampening: float) -> Whitening | None:
+    """The factor of the layer's output-side Gram matrix (`fisher.output_fisher`), if any."""
+    if output_grams is None:
+        return None
+    return whitening_factor(output_grams[name], dampening)
+
+
 def spectra_pass(
     model: nn.Module, windows: torch.Tensor, targets: dict[str, nn.Module], dampening: float,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, output_grams: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """σ of `W·S` per layer on the unchanged model (for the global allocation)."""
+    """σ of `W·S` (of `Tᵀ·W·S` with output Gram matrices) per layer on the unchanged model,
+    for the global allocation."""
     spectra: dict[str, torch.Tensor] = {}
 
     def observe(block: BlockContext) -> None:
@@ -110,6 +120,9 @@ def spectra_pass(
         for name, layer in block.layers.items():
             product = (weight_matrix(layer).detach().double().to(sums[name].device)
                        @ factor(sums[name]).root)
+            output = _output_whitening(output_grams, name, dampening)
+            if output is not None:
+                product = output.root.to(product.device).T @ product
             spectra[name] = torch.linalg.svdvals(product.float()).double().cpu()
         sums.clear()
 
@@ -120,6 +133,7 @@ def spectra_pass(
 def factorize_sequential(
     model: nn.Module, windows: torch.Tensor, targets: dict[str, nn.Module], rule: RankRule,
     dampening: float, refit: bool, progress: ProgressFn | None = None,
+    output_grams: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, LayerRecord]:
     """Factorize every target block by block (see the module docstring); records per layer."""
     records: dict[str, LayerRecord] = {}
@@ -131,7 +145,9 @@ def factorize_sequential(
         sums, _ = _grams(block)
         factor = _factor_cache(dampening)
         for name, layer in list(block.layers.items()):
-            records[name] = _factorize_layer(model, name, layer, sums[name], factor, rule)
+            output = _output_whitening(output_grams, name, dampening)
+            records[name] = _factorize_layer(model, name, layer, sums[name], factor, rule,
+                                             output)
         sums.clear()
         _paired_pass(block, original, stream, records, refit)
         del original
@@ -143,16 +159,21 @@ def factorize_sequential(
 def _factorize_layer(
     model: nn.Module, name: str, layer: nn.Module, gram: torch.Tensor,
     factor: Callable[[torch.Tensor], Whitening], rule: RankRule,
+    output: Whitening | None = None,
 ) -> LayerRecord:
     whitening = factor(gram)
-    svd = whitened_svd(weight_matrix(layer), whitening)
+    svd = whitened_svd(weight_matrix(layer), whitening, output=output)
     rank = rule(name, svd)
     if rank is None:
         return LayerRecord(None, whitening=whitening.method)
     up, down = svd.factors(rank)
-    weight = weight_matrix(layer).detach()
-    energy = output_energy(weight.to(gram.device), gram)
-    measured = output_error(weight.to(gram.device), up @ down, gram) / max(energy, 1e-300)
+    weight = weight_matrix(layer).detach().to(device=gram.device, dtype=torch.float64)
+    approx = up @ down
+    if output is not None:  # measured in the metric the SVD minimised, as the prediction
+        left = output.root.to(gram.device).T
+        weight, approx = left @ weight, left @ approx
+    energy = output_energy(weight, gram)
+    measured = output_error(weight, approx, gram) / max(energy, 1e-300)
     set_module(model, name, LowRankLinear.from_factors(layer, up, down))
     return LayerRecord(rank, predicted=svd.loss(rank) / max(svd.energy, 1e-300),
                        measured=measured, whitening=whitening.method)
