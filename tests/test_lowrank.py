@@ -286,9 +286,10 @@ def test_memory_needs_follow_the_settings():
     assert not (plain.hessians or plain.teacher or plain.training)
     trained = step_needs(LowRankConfig(rank=4, train_steps=3), declared)
     assert trained.hessians and trained.teacher and trained.training
-    assert not trained.output_grams
-    fisher = step_needs(LowRankConfig(rank=4, train_steps=0, weighting="fisher"), declared)
-    assert fisher.output_grams and fisher.hessians and not fisher.training
+    assert trained.output_grams  # the default weighting: fisher
+    inputs_only = step_needs(LowRankConfig(rank=4, train_steps=0, weighting="activations"),
+                             declared)
+    assert inputs_only.hessians and not (inputs_only.output_grams or inputs_only.training)
 
 
 # ---------------------------------------------------------------- layer + model surgery
@@ -378,7 +379,8 @@ def test_each_block_is_whitened_on_inputs_from_the_factorized_blocks():
     original = tiny_model("llama")
     model = copy.deepcopy(original)
     context = _context(samples=16)
-    config = LowRankConfig(rank=8, train_steps=0, evaluate=False, refit=False, dampening=0.0)
+    config = LowRankConfig(rank=8, train_steps=0, evaluate=False, refit=False, dampening=0.0,
+                           weighting="activations")  # errors in the plain output metric
     section = run_lowrank(model, config, context).section
     name = "model.layers.1.self_attn.q_proj"  # fed by the block input (through the norm)
     weight = dict(original.named_modules())[name].weight
@@ -603,18 +605,16 @@ FIRST_BLOCKS = r"model\.layers\.[0-4]\."
 
 
 @pytest.mark.real_model
-@pytest.mark.xfail(strict=True, reason="measured 2026-12-01: perplexity after the whitened init "
-                   "96.5 vs dense 26.45 (3.6x, bar here 3x; 105.8 with the refit) with the "
-                   "small test budgets (4x128 calibration tokens < the 1536-wide MLP input); "
-                   "open, see issue 16")
 def test_smollm2_whitened_init_keeps_the_model_and_checkpoint_is_smaller(smollm2_path, tmp_path):
-    """80% kept in the first 5 blocks (to keep the test short), the defaults (whitened
-    init + loss allocation, no refit), 2 PELA steps: perplexity stays within a small factor of
-    dense (plain SVD at 80% is ~1e7x dense: `bench/results/lowrank.md`)."""
+    """80% kept in the first 5 blocks (to keep the test short), the defaults (whitened init
+    weighted by the loss gradients, loss allocation, no refit), 2 PELA steps: perplexity stays
+    within 2x of dense (plain SVD at 80% is ~1e7x dense: `bench/results/lowrank.md`).
+    Calibration 16x256: the whitening needs more tokens than the 1536-wide MLP input has
+    dimensions (with the suite's 4x128 it measured 82.2 vs 26.45)."""
     recipe = parse_recipe({
         "steps": [{"method": "lowrank", "target_params": 0.8, "train_steps": 2, "lr": 1e-4,
                    "seqlen": 128, "include": [FIRST_BLOCKS]}],
-        **SMALL_BUDGETS,
+        **SMALL_BUDGETS, "calibration": {"samples": 16, "seqlen": 256},
     })
     out = tmp_path / "out"
     report = compressors.compress(smollm2_path, recipe, out, device="cpu").to_json()
@@ -624,7 +624,7 @@ def test_smollm2_whitened_init_keeps_the_model_and_checkpoint_is_smaller(smollm2
     assert section["layers_factorized"] > 0  # the loss allocation may keep some dense
     assert all(section["layers_skipped"].values())  # each with its reason
     assert section["kept_fraction_targeted"] <= 0.8
-    assert section["perplexity_svd"] < 3.0 * before["perplexity"]
+    assert section["perplexity_svd"] < 2.0 * before["perplexity"]
     assert not section["refit"] and section["train"]["steps"] == 2
     assert after["perplexity"] == pytest.approx(section["perplexity_trained"], rel=1e-4)
     assert after["size_bytes"] < before["size_bytes"]
@@ -656,7 +656,8 @@ def test_minilm_distillation_raises_embedding_cosine(tmp_path):
     text.write_text(load_text("sotu:1995-1999"), encoding="utf-8")
     context = StepContext(model_source=loaded.source, tokenizer=loaded.tokenizer,
                           calibration=CalibrationConfig(text=str(text), samples=8, seqlen=128))
-    config = LowRankConfig(target_params=0.5, train_steps=20, warmup=3, seqlen=128,
+    # 60 fresh windows x 128 tokens: measured 0.681 -> 0.692 (20 steps moved it by -0.001)
+    config = LowRankConfig(target_params=0.5, train_steps=60, warmup=3, seqlen=128,
                            cosine_sentences=24, weighting="activations")
     section = run_lowrank(loaded.model, config, context).section
     svd, trained = section["embedding_cosine_svd"], section["embedding_cosine_trained"]
