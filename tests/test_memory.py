@@ -83,6 +83,27 @@ def test_a_step_that_needs_the_whole_model_is_never_streamed(tiny_folder):
                                 "cpu")
 
 
+def test_auto_placement_skips_placements_a_step_refuses(blocky_folder):
+    """Low-rank's default fisher weighting back-propagates through the whole model: on a GPU
+    that holds only one block at a time, `auto` must not pick `onloaded` for it (the job would
+    fail after loading); with `weighting: activations` a GPU that fits one block is used
+    onloaded."""
+    step = {"method": "lowrank", "target_params": 0.6, "train_steps": 0}
+    inputs_only = parse_recipe({"steps": [{**step, "weighting": "activations"}]})
+    fisher = parse_recipe({"steps": [step]})
+    fisher_estimate = memory.estimate_source(blocky_folder, fisher)
+    onloaded = fisher_estimate.device_peak("onloaded")  # fits, but the step refuses it
+    assert onloaded < fisher_estimate.device_peak("in_memory")
+    gpu = memory.Limits(10**12, device_bytes=onloaded, device_type="cuda")
+    with pytest.raises(memory.DoesNotFit, match="needs the whole model at once"):
+        memory.choose_placement(fisher_estimate, fisher, gpu, "cuda")
+    estimate = memory.estimate_source(blocky_folder, inputs_only)
+    small_gpu = memory.Limits(10**12, device_bytes=estimate.device_peak("onloaded"),
+                              device_type="cuda")
+    assert estimate.device_peak("onloaded") < estimate.device_peak("in_memory")
+    assert memory.choose_placement(estimate, inputs_only, small_gpu, "cuda").mode == "onloaded"
+
+
 def test_limits_are_the_smallest_of_ram_cgroup_and_setting(monkeypatch, tmp_path):
     assert memory.parse_bytes("1.5G") == int(1.5 * 2**30)
     assert memory.parse_bytes("512MiB") == 512 * 2**20 and memory.parse_bytes("7") == 7

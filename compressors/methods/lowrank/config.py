@@ -79,7 +79,8 @@ class LowRankConfig(StepConfig, LayerSelection, TrainingConfig):
     dampening: float = Field(
         0.01, ge=0.0, le=1.0,
         description="whitened init: λ added to the Gram diagonal, relative to its mean "
-        "(inputs that never fire); in [0, 1]",
+        "(inputs that never fire; with weighting fisher, to the loss gradients' Gram matrix "
+        "too); in [0, 1]",
     )
     refit: bool = Field(
         False,

@@ -38,6 +38,8 @@ def output_fisher(
     before = {id(p): p.requires_grad for p in model.parameters()}
     for param in model.parameters():
         param.requires_grad_(False)
+    was_training = model.training
+    model.eval()  # dropout would make the gradients noise, not the model's curvature
     target = device or next(model.parameters()).device
     try:
         for index, window in enumerate(windows):
@@ -51,6 +53,7 @@ def output_fisher(
             handle.remove()
         for param in model.parameters():
             param.requires_grad_(before[id(param)])
+        model.train(was_training)
     return sums
 
 
