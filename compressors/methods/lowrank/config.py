@@ -155,15 +155,21 @@ class LowRankConfig(StepConfig, LayerSelection, TrainingConfig):
 
         kept = self.target_params if self.ratio is None else 1.0 / self.ratio
         return replace(declared, hessians=self.init == "whitened",
-                       output_grams=self.init == "whitened" and self.weighting == "fisher",
+                       output_grams=self.loss_weighted,
                        teacher=declared.teacher and self.train_steps > 0,
                        training=declared.training and self.train_steps > 0,
                        trained_share=kept if kept is not None else self.max_layer_keep)
 
+    @property
+    def loss_weighted(self) -> bool:
+        """The SVD is weighted by the loss gradients (only the whitened init has a weighting:
+        the plain one uses no data), so its σᵢ² are predicted loss increases."""
+        return self.init == "whitened" and self.weighting == "fisher"
+
     def needs_causal_lm(self) -> tuple[str, str] | None:
         """(field, why) when these settings need the model's next-token loss (checked at
         submission against the model's config, and again on the loaded model)."""
-        if self.init == "whitened" and self.weighting == "fisher":
+        if self.loss_weighted:
             return ("weighting", "weighting: fisher (the default) weights the SVD by the "
                     "next-token loss's gradients; set weighting: activations for a model "
                     "without an LM head")
@@ -182,7 +188,7 @@ class LowRankConfig(StepConfig, LayerSelection, TrainingConfig):
             return (f"lowrank with train_steps > 0 (PELA) trains the whole model at once and "
                     f"cannot run {placement}; use train_steps: 0 (the whitened SVD and the refit "
                     "run block by block) or placement in_memory")
-        if self.init == "whitened" and self.weighting == "fisher":
+        if self.loss_weighted:
             return (f"lowrank weighting: fisher back-propagates the next-token loss through the "
                     f"whole model and cannot run {placement}; use weighting: activations "
                     "or placement in_memory")

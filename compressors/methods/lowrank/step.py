@@ -79,7 +79,7 @@ def planned_ranks(
         return dict(allocate_energy(spectra, shapes, config.target_params))
     assert spectra is not None
     budget = config.target_params * sum(out * inp for out, inp in shapes.values())
-    gains = {n: _gains(sigma, config.weighting == "fisher") for n, sigma in spectra.items()}
+    gains = {n: _gains(sigma, config.loss_weighted) for n, sigma in spectra.items()}
     return allocate_by_loss(gains, shapes, budget, config.max_layer_keep)
 
 
@@ -161,9 +161,9 @@ def _factorize_whitened(
     shapes = {name: tuple(weight_matrix(layer).shape) for name, layer in layers.items()}
     windows = context.calibration_tokens()
     output_grams = None
-    if config.weighting == "fisher":
-        reason = config.needs_causal_lm()
-        if reason and not is_causal_lm(model):
+    reason = config.needs_causal_lm()
+    if reason:
+        if not is_causal_lm(model):
             raise ValueError(f"lowrank {reason[1]}: this model ({type(model).__name__}) has "
                              "no LM head")
         context.progress(0.0, "loss gradients at every layer's output (fisher weighting)")
