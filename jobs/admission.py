@@ -162,12 +162,22 @@ def _architectures(folder: Path) -> list[str]:
     return [str(name) for name in found] if isinstance(found, list) else []
 
 
+def _declared_encoder(folder: Path) -> list[str]:
+    """The architectures a model's config declares when none has an LM head (an encoder such
+    as BertModel); empty for a causal LM or an undeclared one (the worker checks the loaded
+    model)."""
+    architectures = _architectures(folder)
+    if any(a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
+        return []
+    return architectures
+
+
 def model_kind_errors(folder: Path, recipe: Any) -> list[tuple[Location, str]]:
     """Steps whose settings need a next-token loss (`needs_causal_lm` names the field) on a
     model whose config declares no LM head (an encoder such as BertModel)."""
-    architectures = _architectures(folder)
-    if not architectures or any(a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
-        return []  # a causal LM, or undeclared: the worker checks the loaded model
+    architectures = _declared_encoder(folder)
+    if not architectures:
+        return []
     errors: list[tuple[Location, str]] = []
     for index, step in enumerate(recipe.steps):
         needs = getattr(step, "needs_causal_lm", None)
@@ -208,6 +218,20 @@ def admission_errors(model_path: str, recipe: Any,
     except (OSError, ValueError, KeyError):  # an unreadable header: the worker will say more
         return []
     return errors
+
+
+def goal_errors(model_path: str) -> list[tuple[Location, str]]:
+    """A goal on a model without an LM head: the search ranks its candidates by perplexity
+    (and its recovery step trains on the next-token loss), so it could only fail later."""
+    folder = _readable_folder(model_path)
+    try:
+        architectures = _declared_encoder(folder) if folder is not None else []
+    except (OSError, ValueError):  # an unreadable config: the worker will say more
+        return []
+    if not architectures:
+        return []
+    return [((), f"the search ranks candidates by perplexity, which needs an LM head; this "
+             f"model ({', '.join(architectures)}) has none")]
 
 
 class LimitsCache:

@@ -118,7 +118,7 @@ class JobFields(BaseModel):
     goal: dict[str, Any] | None = Field(
         None, description="a goal job: the validated goal the worker searches a recipe for")
     methods: list[str] = Field(description="the recipe's step methods, in order (a goal job: "
-                               "the methods its search may use)")
+                               "the methods its search may use, perp with a recovery)")
     state: JobState = JobState.queued
     stage: JobStage | None = Field(None, description="while running: what the job is doing")
     progress: float = Field(0.0, ge=0.0, le=1.0)
@@ -149,7 +149,8 @@ class JobRecord(JobFields):
                   goal: dict[str, Any] | None = None) -> Self:
         """The record of a job just accepted: queued, with a fresh id."""
         now = utcnow()
-        methods = list(goal["methods"]) if goal else [s["method"] for s in recipe.get("steps", [])]
+        methods = ([*goal["methods"], *(["perp"] if goal.get("recovery") is not None else [])]
+                   if goal else [s["method"] for s in recipe.get("steps", [])])
         return cls(
             id=uuid.uuid4().hex, name=name, owner=owner, model=model, model_path=model_path,
             recipe=recipe, goal=goal, methods=methods,

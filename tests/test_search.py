@@ -39,6 +39,8 @@ TINY_BUDGET = {"sensitivity": {"samples": 2, "seqlen": 32},
     ({"minimize": "perplexity", "max_size_ratio": 0.5, "methods": ["wanda"]}, "methods"),
     ({"max_perplexity_ratio": 1.1, "recipe": {}}, "recipe"),
     ({"max_perplexity_ratio": 1.1, "budget_minutes": "10"}, "budget_minutes"),
+    ({"max_perplexity_ratio": 1.1, "recovery": {"train_steps": 0}}, "recovery.train_steps"),
+    ({"max_perplexity_ratio": 1.1, "recovery": {"method": "wanda"}}, "recovery.method"),
 ])
 def test_bad_goal_names_the_field(data, field):
     with pytest.raises(ValidationError) as error:
@@ -231,6 +233,80 @@ def test_perplexity_goal_verifies_uniform_recipes_and_publishes_the_best_finalis
     chosen = candidates[result.search["chosen"]]
     assert chosen["final"]["perplexity"] == min(c["final"]["perplexity"] for c in finals)
     assert result.report["metrics"]["after"]["perplexity"] == chosen["final"]["perplexity"]
+
+
+def test_recovery_goes_before_the_quantizing_step():
+    """Quantized weights are final, so the PERP step goes before the quantizer (after any
+    pruning), or last when nothing quantizes; every such recipe parses."""
+    from compressors.methods.perp.config import PerpConfig
+    from compressors.recipe import parse_recipe
+    from compressors.search.run import with_recovery
+
+    perp = PerpConfig(train_steps=3)
+    cases = {("gptq",): ["perp", "gptq"], ("wanda",): ["wanda", "perp"],
+             ("wanda", "quantize"): ["wanda", "perp", "quantize"]}
+    for methods, expected in cases.items():
+        steps = [{"method": m, **({"sparsity": 0.5} if m == "wanda" else {})} for m in methods]
+        recipe = with_recovery({"steps": steps}, perp)
+        assert [step["method"] for step in recipe["steps"]] == expected
+        assert parse_recipe(recipe).steps[expected.index("perp")].train_steps == 3
+
+
+def _candidate(size: float, ratio: float, goal: Goal, recovered: bool = False):
+    from compressors.search.allocate import Allocation
+    from compressors.search.run import Candidate, meets
+
+    measured = {"perplexity": 20 * ratio, "perplexity_ratio": ratio, "size_bytes": size}
+    measured["meets"] = not meets(measured, goal, 1000.0)
+    return Candidate(Allocation("f", {}, size, 0.0), {"steps": [{"size": size}]}, measured,
+                     recovered=recovered)
+
+
+def test_worth_recovering_tries_what_retraining_could_change():
+    """Minimizing size: the candidates that missed only the perplexity budget and are smaller
+    than the smallest that met it, smallest first. Minimizing perplexity: the best
+    `finalists` that meet the goal. Already recovered candidates are never recovered again."""
+    from compressors.search.run import worth_recovering
+
+    size_goal = Goal(minimize="size_bytes", max_perplexity_ratio=1.1, max_size_bytes=1000)
+    pool = [_candidate(300, 1.05, size_goal), _candidate(200, 1.2, size_goal),
+            _candidate(100, 1.3, size_goal), _candidate(400, 1.5, size_goal),
+            _candidate(2000, 1.01, size_goal), _candidate(150, 1.15, size_goal, recovered=True)]
+    chosen = worth_recovering(pool, size_goal, 1000.0)
+    assert [c.measured["size_bytes"] for c in chosen] == [100, 200]
+    ppl_goal = Goal(minimize="perplexity", max_size_bytes=1000, finalists=2)
+    pool = [_candidate(300, 1.05, ppl_goal), _candidate(200, 1.01, ppl_goal),
+            _candidate(900, 1.03, ppl_goal), _candidate(2000, 1.0, ppl_goal),
+            _candidate(100, 0.9, ppl_goal, recovered=True)]
+    chosen = worth_recovering(pool, ppl_goal, 1000.0)
+    assert [c.measured["perplexity_ratio"] for c in chosen] == [1.01, 1.03]
+
+
+def test_search_with_recovery_verifies_retrained_candidates(tiny_llama_folder, tmp_path):
+    """A goal with a recovery step: the best verified candidates are verified again with PERP
+    before their quantizer, those runs are in the report as recovered candidates, and the
+    published recipe, whichever won, re-runs to the same perplexity."""
+    from compressors import compress, parse_recipe
+    from compressors.search import run_search
+
+    goal = Goal.model_validate({
+        "minimize": "perplexity", "max_size_ratio": 0.6, "candidates": 1, "finalists": 1,
+        "dtypes": ["bfloat16"],
+        "recovery": {"mode": "lora", "train_steps": 3, "seqlen": 32, "lr": 1e-2,
+                     "evaluate": False}, **TINY_BUDGET})
+    result = run_search(tiny_llama_folder, goal, tmp_path / "out")
+    candidates = result.search["candidates"]
+    recovered = [c for c in candidates if c["recovered"]]
+    plain = [c for c in candidates if not c["recovered"]]
+    assert len(recovered) == 1 and plain
+    assert recovered[0]["round"] > max(c["round"] for c in plain)
+    steps = recovered[0]["recipe"]["steps"]
+    assert [s["method"] for s in steps] == ["perp", "quantize"]
+    assert steps[0]["train_steps"] == 3 and steps[1] == plain[0]["recipe"]["steps"][0]
+    assert recovered[0]["measured"]["perplexity"] != plain[0]["measured"]["perplexity"]
+    again = compress(tiny_llama_folder, parse_recipe(result.recipe), tmp_path / "again")
+    assert again.metrics.after.perplexity == pytest.approx(
+        result.report["metrics"]["after"]["perplexity"])
 
 
 @pytest.mark.real_model

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compressors.methods.perp.config import PerpConfig
 from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
 from compressors.search.operations import OPERATIONS
 
@@ -58,6 +59,12 @@ class Goal(BaseModel):
         "candidates run again at the full evaluation and the best measured there is "
         "published (a few verification windows rank near-equal candidates unreliably); "
         "in [1, 8]")
+    recovery: PerpConfig | None = Field(
+        None,
+        description="a PERP step the search may add before the quantizing step of its best "
+        "candidates (minimizing perplexity or latency: the finalists; minimizing size: the "
+        "smaller candidates that missed the perplexity budget), verified like any other; "
+        "{} = PERP's defaults; null = never retrain")
     verify_windows: int = Field(
         6, ge=1, le=2048,
         description="evaluation windows of the quick verification runs, in [1, 2048]")

@@ -11,7 +11,9 @@
    rescales the predictions by what was measured and verifies the re-allocated choice
    (perplexity budgets) or verifies the best families' uniform recipes (size budgets, where
    the predicted 8-bit losses are below what the sensitivity windows resolve);
-4. the best measured candidates that meet the goal run again at the goal's full evaluation
+4. with the goal's `recovery`, the candidates retraining may help are verified once more
+   with a PERP step before their quantizer (`worth_recovering`, `with_recovery`);
+5. the best measured candidates that meet the goal run again at the goal's full evaluation
    (minimizing size: the first that meets it; minimizing perplexity or latency: the best
    `goal.finalists`, the best measured there wins), and that run is published with a
    `search` section, a Pareto chart and `pareto.svg`; if none meets it, `GoalNotMet` says
@@ -36,7 +38,8 @@ import torch
 from compressors.engine.windows import calibration_windows, evaluation_windows
 from compressors.evaluate import perplexity
 from compressors.io.loading import load_model, resolve_model, size_on_disk
-from compressors.methods import import_object
+from compressors.methods import METHODS, import_object
+from compressors.methods.perp.config import PerpConfig
 from compressors.pipeline import compress
 from compressors.progress import ProgressCallback, ProgressEvent
 from compressors.publish import MANIFEST_FILE, check_destination, staging_folder
@@ -78,9 +81,11 @@ class Candidate:
     measured: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
     round: int = 0
+    recovered: bool = False  # the recipe holds the goal's recovery (PERP) step
 
     def to_json(self) -> dict[str, Any]:
-        return {"family": self.allocation.family, "round": self.round, "recipe": self.recipe,
+        return {"family": self.allocation.family, "round": self.round,
+                "recovered": self.recovered, "recipe": self.recipe,
                 "predicted": {"perplexity_ratio": self.allocation.predicted_ratio,
                               "size_bytes": self.allocation.bytes},
                 "measured": self.measured, "final": self.final}
@@ -302,21 +307,29 @@ class _Search:
             if self.out_of_time() and self.candidates:
                 return
             recipe = recipe_for(allocation, self.goal, self.goal.verify_windows)
-            if recipe is None or any(c.recipe == recipe for c in self.candidates):
-                continue
-            index = len(self.candidates)
-            share = (_VERIFY - _SENSITIVITY) / (self.goal.candidates + 2)
-            start = min(_SENSITIVITY + index * share, _VERIFY - share)
-            dense = self.dense_perplexity(self.goal.verify_windows)
-            report = _run_recipe(self.source, recipe, self.scratch / f"candidate-{index}",
-                                 _scoped(self.progress, start, start + share,
-                                         f"candidate {index + 1}"),
-                                 self.device, self.model_name, self.roots, dense)
-            shutil.rmtree(self.scratch / f"candidate-{index}", ignore_errors=True)
-            candidate = Candidate(allocation, recipe, _metrics(report, dense), round=round_)
-            candidate.measured["meets"] = not meets(candidate.measured, self.goal,
-                                                    self.size_limit)
-            self.candidates.append(candidate)
+            if recipe is not None:
+                self.verify_recipe(allocation, recipe, round_)
+
+    def verify_recipe(self, allocation: Allocation, recipe: dict[str, Any], round_: int,
+                      recovered: bool = False) -> Candidate | None:
+        """Run one candidate recipe at the verification budget and keep its numbers (None
+        when the same recipe was verified already)."""
+        if any(c.recipe == recipe for c in self.candidates):
+            return None
+        index = len(self.candidates)
+        share = (_VERIFY - _SENSITIVITY) / (self.goal.candidates + 2)
+        start = min(_SENSITIVITY + index * share, _VERIFY - share)
+        dense = self.dense_perplexity(self.goal.verify_windows)
+        report = _run_recipe(self.source, recipe, self.scratch / f"candidate-{index}",
+                             _scoped(self.progress, start, start + share,
+                                     f"candidate {index + 1}"),
+                             self.device, self.model_name, self.roots, dense)
+        shutil.rmtree(self.scratch / f"candidate-{index}", ignore_errors=True)
+        candidate = Candidate(allocation, recipe, _metrics(report, dense), round=round_,
+                              recovered=recovered)
+        candidate.measured["meets"] = not meets(candidate.measured, self.goal, self.size_limit)
+        self.candidates.append(candidate)
+        return candidate
 
     def correction(self) -> float:
         """Median measured / predicted loss increase of the verified candidates."""
@@ -358,6 +371,8 @@ def run_search(
         search.fronts = fronts
         search.verify(pick(fronts, goal, search.size_limit), 0, goal.candidates)
         correction = _refine(search, fronts) if goal.refine else search.correction()
+        if goal.recovery is not None:
+            _recover(search, goal.recovery)
         summary = _summary(search, sens, fronts, correction)
         return _finish(search, summary, out, overwrite)
 
@@ -383,6 +398,54 @@ def _refine(search: _Search, fronts: dict[str, list[Allocation]]) -> float:
             break  # nothing new to try
         correction = search.correction()
     return correction
+
+
+def with_recovery(recipe: dict[str, Any], recovery: PerpConfig) -> dict[str, Any]:
+    """`recipe` with the recovery step before its first quantizing step (quantized weights
+    are final, so retraining comes first: it adapts the weights the quantizer then rounds, and
+    after pruning it recovers the pruned ones), or last when nothing quantizes."""
+    steps = list(recipe["steps"])
+    at = next((i for i, step in enumerate(steps)
+               if METHODS[step["method"]].stage == "quantizing"), len(steps))
+    steps.insert(at, recovery.model_dump(mode="json"))
+    return dict(recipe, steps=steps)
+
+
+def worth_recovering(candidates: list[Candidate], goal: Goal, size_limit: float | None
+                     ) -> list[Candidate]:
+    """The verified candidates the recovery step may help, in the order to try them.
+
+    Minimizing perplexity or latency: the `finalists` best that meet the goal (retraining
+    lowers perplexity; only the best can win). Minimizing size: the candidates that missed
+    only the perplexity budget and are smaller than the smallest that met the goal, smallest
+    first (retraining may bring one within the budget: a smaller checkpoint than any that
+    met it)."""
+    plain = [c for c in candidates if c.measured and not c.recovered]
+    if goal.minimize != "size_bytes":
+        good = [c for c in plain if c.measured["meets"]]
+        return sorted(good, key=lambda c: _objective(c.measured, goal))[:goal.finalists]
+    smallest_met = min((c.measured["size_bytes"] for c in plain if c.measured["meets"]),
+                       default=math.inf)
+    missed = [c for c in plain if meets(c.measured, goal, size_limit) == ["max_perplexity_ratio"]
+              and c.measured["size_bytes"] < smallest_met]
+    return sorted(missed, key=lambda c: c.measured["size_bytes"])[:goal.candidates]
+
+
+def _recover(search: _Search, recovery: PerpConfig) -> None:
+    """One more round: the goal's recovery step added to the candidates it may help
+    (`worth_recovering`), each verified like any other; minimizing size it stops at the
+    first that meets the goal (the ones after it are larger)."""
+    goal = search.goal
+    round_ = max((c.round for c in search.candidates), default=0) + 1
+    for candidate in worth_recovering(search.candidates, goal, search.size_limit):
+        if search.out_of_time():
+            return
+        recovered = search.verify_recipe(candidate.allocation,
+                                         with_recovery(candidate.recipe, recovery),
+                                         round_, recovered=True)
+        if goal.minimize == "size_bytes" and recovered is not None \
+                and recovered.measured["meets"]:
+            return
 
 
 def _finish(search: _Search, summary: dict[str, Any], out: Path,

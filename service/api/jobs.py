@@ -16,7 +16,7 @@ from compressors.recipe.schema import Recipe
 from compressors.report.schema import CompressionReport
 from jobs import artifacts, model_registry
 from jobs import queue as rq_queue
-from jobs.admission import LimitsCache, admission_errors
+from jobs.admission import LimitsCache, admission_errors, goal_errors
 from jobs.connection import execute_recorded
 from jobs.policy import recipe_violations
 from jobs.records import (
@@ -87,10 +87,18 @@ async def _within_active_bound(settings: Settings, store: JobStore, aredis: Any,
         raise quotas.too_many("queued or running jobs", limit, "MAX_ACTIVE_JOBS_PER_KEY")
 
 
+def _goal_admitted(model_path: str) -> None:
+    """A 422 for a goal this model cannot be searched for (see `jobs.admission.goal_errors`)."""
+    errors = goal_errors(model_path)
+    if errors:
+        raise _unprocessable([{"loc": ["body", "goal", *loc], "msg": msg, "type": "value_error"}
+                              for loc, msg in errors])
+
+
 def _validated_goal(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
-    """The goal with defaults filled in, or a 422 that names each bad field; its texts pass
-    the same policy as a recipe's."""
-    from compressors.recipe import Recipe
+    """The goal with defaults filled in, or a 422 that names each bad field; every text it
+    names (sensitivity, calibration, evaluation, recovery) passes the same policy as a
+    recipe's, walked the same way."""
     from compressors.search.goal import Goal
 
     try:
@@ -99,14 +107,10 @@ def _validated_goal(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
         raise _unprocessable([
             {"loc": ["body", "goal", *err["loc"]], "msg": err["msg"], "type": err["type"]}
             for err in exc.errors(include_url=False, include_context=False)]) from None
-    for field, calibration in (("sensitivity", goal.sensitivity),
-                               ("calibration", goal.calibration)):
-        probe = Recipe(steps=[{"method": "quantize"}], calibration=calibration,
-                       evaluation=goal.evaluation)
-        for loc, msg in recipe_violations(settings, probe):
-            where = [field, *loc[1:]] if loc and loc[0] == "calibration" else list(loc)
-            raise _unprocessable([{"loc": ["body", "goal", *where], "msg": msg,
-                                   "type": "value_error"}])
+    violations = recipe_violations(settings, goal)
+    if violations:
+        raise _unprocessable([{"loc": ["body", "goal", *loc], "msg": msg, "type": "value_error"}
+                              for loc, msg in violations])
     return goal.to_json_dict()
 
 
@@ -134,6 +138,8 @@ async def submit_job(body: JobSubmission, request: Request, principal: Principal
     model_path = _resolved_model(settings, principal.name, body.model)
     if recipe is not None:
         _admitted(request.app.state.limits, model_path, recipe)
+    else:
+        _goal_admitted(model_path)
     await _within_active_bound(settings, store, aredis, principal.name)
     record = JobRecord.submitted(principal.name, body.name, body.model, model_path,
                                  recipe.to_json_dict() if recipe is not None else {},

@@ -38,6 +38,7 @@
     if (goal.max_size_bytes) parts.push(`size ≤ ${fmt(goal.max_size_bytes / MB, 1)} MB`);
     if (goal.max_size_ratio) parts.push(`size ≤ ${goal.max_size_ratio * 100}% of the original`);
     parts.push(`methods: ${goal.methods.join(", ")}`);
+    if (goal.recovery) parts.push(`recovery: PERP ${goal.recovery.mode}, ${goal.recovery.train_steps} steps`);
     return `Goal: ${parts.join("; ")}.`;
   }
 
@@ -47,7 +48,7 @@
       const chosen = search.chosen === i;
       return node("tr", chosen ? { class: "chosen" } : {},
         node("td", { text: `${i + 1}${chosen ? " (chosen)" : ""}` }),
-        node("td", { text: c.family }),
+        node("td", { text: c.recovered ? `${c.family} + PERP` : c.family }),
         node("td", { class: "num", text: fmt(c.predicted.perplexity_ratio) }),
         node("td", { class: "num", text: fmt(m.perplexity_ratio) }),
         node("td", { class: "num", text: fmt(c.predicted.size_bytes / MB, 1) }),

@@ -18,6 +18,10 @@ TINY_GOAL = {"max_perplexity_ratio": 1.05, "candidates": 1, "dtypes": ["float32"
     ({"goal": {"max_perplexity_ratio": 0.5}}, "max_perplexity_ratio"),
     ({"goal": {"max_perplexity_ratio": 1.1, "methods": ["gzip"]}}, "methods"),
     ({"goal": {"max_perplexity_ratio": 1.1, "evaluation": {"text": "/etc/passwd"}}}, "text"),
+    ({"goal": {"max_perplexity_ratio": 1.1, "recovery": {"text": "/etc/passwd"}}},
+     '"recovery","text"'),
+    ({"goal": {"max_perplexity_ratio": 1.1, "recovery": {"second_text": "/etc/passwd"}}},
+     '"recovery","second_text"'),
     ({"goal": {"max_perplexity_ratio": 1.1}, "recipe": {"steps": [{"method": "quantize"}]}},
      "exactly one"),
     ({}, "exactly one"),
@@ -37,6 +41,12 @@ def test_goal_job_is_recorded_with_its_goal(client, app, keys, tiny_model):
     job = response.json()
     assert job["goal"]["max_perplexity_ratio"] == 1.1 and job["goal"]["candidates"] == 3
     assert job["recipe"] == {} and job["methods"] == ["quantize"]
+    client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth(keys["alice"]))
+    response = client.post("/api/v1/jobs", headers=auth(keys["alice"]), json={
+        "model": "tiny", "goal": {"max_perplexity_ratio": 1.1, "recovery": {}}})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["methods"] == ["quantize", "perp"] and job["goal"]["recovery"]["mode"] == "masklora"
     client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth(keys["alice"]))
 
 
@@ -64,3 +74,28 @@ def test_worker_runs_the_search_and_records_the_chosen_recipe(client, keys, work
     assert "search-section" in client.get(f"/jobs/{job['id']}").text
     client.delete("/api/v1/session")
     client.cookies.clear()
+
+
+@pytest.mark.parametrize("body,loc", [
+    ({"goal": {"max_perplexity_ratio": 1.1}}, ["body", "goal"]),
+    ({"recipe": {"steps": [{"method": "perp", "mode": "norms"}]}},
+     ["body", "recipe", "steps", 0, "method"]),
+])
+def test_perplexity_work_on_an_encoder_is_422_before_anything_queues(
+        client, app, keys, settings, smollm2_tokenizer, body, loc):
+    """The search ranks candidates by perplexity and PERP trains on the next-token loss: on
+    a model whose config declares an encoder (BertModel) a goal, or a recipe with a perp
+    step, is refused at submission naming the architecture, before any job queues."""
+    from tests.conftest import save_tiny_with_tokenizer
+
+    folder = settings.models_dir / "tiny-bert"
+    if not folder.exists():
+        save_tiny_with_tokenizer("bert", folder, smollm2_tokenizer)
+    queued = app.state.queue.count
+    refused = client.post("/api/v1/jobs", headers=auth(keys["alice"]),
+                          json={"model": "tiny-bert", **body})
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert [e["loc"] for e in detail] == [loc], detail
+    assert "LM head" in detail[0]["msg"] and "BertModel" in detail[0]["msg"]
+    assert app.state.queue.count == queued

@@ -65,6 +65,12 @@ class PerpConfig(StepConfig, TrainingConfig):
         "text; pydoc:topics = the Python language reference shipped with the stdlib",
     )
 
+    def needs_causal_lm(self) -> tuple[str, str] | None:
+        """(field, why): PERP needs the model's next-token loss, in both objectives (the
+        step refuses a model without an LM head; submission checks the model's config)."""
+        return ("method", "perp retrains a causal language model (it measures and trains "
+                "on the next-token loss)")
+
     @model_validator(mode="after")
     def _consistent(self) -> PerpConfig:
         if self.lm_head_adapter and self.objective != "lm":
