@@ -11,6 +11,12 @@ the bar.
 
     .venv/bin/python bench/search.py                      # both goals
     .venv/bin/python bench/search.py --goals size --verify-windows 4 --methods quantize
+    .venv/bin/python bench/search.py \\
+        --recovery '{"train_steps": 100, "lr": 1e-4, "evaluate": false}'
+
+With `--recovery` the goals carry a PERP step the search may add (docs/search.md); the table
+then also shows each published model's perplexity on pydoc:topics, a text of another kind,
+to tell adapting to the speeches from a better model.
 """
 
 from __future__ import annotations

@@ -341,8 +341,13 @@ class _Search:
         return statistics.median(ratios) if ratios else 1.0
 
     def ranked(self) -> list[Candidate]:
-        good = [c for c in self.candidates if c.measured and c.measured["meets"]]
-        return sorted(good, key=lambda c: _objective(c.measured, self.goal))
+        return ranked(self.candidates, self.goal)
+
+
+def ranked(candidates: list[Candidate], goal: Goal) -> list[Candidate]:
+    """The verified candidates that meet the goal, best measured objective first."""
+    good = [c for c in candidates if c.measured and c.measured["meets"]]
+    return sorted(good, key=lambda c: _objective(c.measured, goal))
 
 
 def run_search(
@@ -422,8 +427,7 @@ def worth_recovering(candidates: list[Candidate], goal: Goal, size_limit: float 
     met it)."""
     plain = [c for c in candidates if c.measured and not c.recovered]
     if goal.minimize != "size_bytes":
-        good = [c for c in plain if c.measured["meets"]]
-        return sorted(good, key=lambda c: _objective(c.measured, goal))[:goal.finalists]
+        return ranked(plain, goal)[:goal.finalists]
     smallest_met = min((c.measured["size_bytes"] for c in plain if c.measured["meets"]),
                        default=math.inf)
     missed = [c for c in plain if meets(c.measured, goal, size_limit) == ["max_perplexity_ratio"]
