@@ -304,6 +304,10 @@ def test_search_with_recovery_verifies_retrained_candidates(tiny_llama_folder, t
     assert [s["method"] for s in steps] == ["perp", "quantize"]
     assert steps[0]["train_steps"] == 3 and steps[1] == plain[0]["recipe"]["steps"][0]
     assert recovered[0]["measured"]["perplexity"] != plain[0]["measured"]["perplexity"]
+    chart = next(c for c in result.report["charts"] if c["id"] == "search-pareto")
+    assert [len(s["points"]) for s in chart["series"]
+            if s["name"] == "verified, retrained (PERP)"] == [1]
+    assert "+ PERP" in (tmp_path / "out" / "pareto.svg").read_text()
     again = compress(tiny_llama_folder, parse_recipe(result.recipe), tmp_path / "again")
     assert again.metrics.after.perplexity == pytest.approx(
         result.report["metrics"]["after"]["perplexity"])

@@ -15,6 +15,7 @@ from typing import Any
 PARETO_FILE = "pareto.svg"
 W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 440, 70, 200, 30, 50
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+RECOVERED = "#bcbd22"  # measured points of candidates the search retrained (PERP)
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -87,13 +88,16 @@ def pareto_svg(summary: dict[str, Any]) -> str:
             continue
         px, py = sx(pred["size_bytes"] / 1e6), sy(pred["perplexity_ratio"])
         mx, my = sx(meas["size_bytes"] / 1e6), sy(meas["perplexity_ratio"])
-        label = (f"candidate {index + 1} ({escape(c['family'])}): predicted "
+        recovered = c.get("recovered", False)
+        family = f"{c['family']} + PERP" if recovered else c["family"]
+        label = (f"candidate {index + 1} ({escape(family)}): predicted "
                  f"{pred['perplexity_ratio']:.4f}, measured {meas['perplexity_ratio']:.4f}, "
                  f"{meas['size_bytes'] / 1e6:.1f} MB")
         out.append(f'<line x1="{px:.1f}" y1="{py:.1f}" x2="{mx:.1f}" y2="{my:.1f}" '
                    'stroke="#555" stroke-dasharray="2,2"/>'
                    f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="white" stroke="#555"/>'
-                   f'<circle cx="{mx:.1f}" cy="{my:.1f}" r="4" fill="#333"><title>{label}'
+                   f'<circle cx="{mx:.1f}" cy="{my:.1f}" r="4" '
+                   f'fill="{RECOVERED if recovered else "#333"}"><title>{label}'
                    f'</title></circle>'
                    f'<text x="{mx + 6:.1f}" y="{my - 6:.1f}">{index + 1}</text>')
         if final and final.get("perplexity_ratio"):
@@ -101,6 +105,8 @@ def pareto_svg(summary: dict[str, Any]) -> str:
                        f'cy="{sy(final["perplexity_ratio"]):.1f}" r="8" fill="none" '
                        f'stroke="#d62728" stroke-width="2"><title>candidate {index + 1} at the '
                        f'full evaluation: {final["perplexity_ratio"]:.4f}</title></circle>')
+    if any(c.get("recovered") for c in candidates):
+        legend.append((RECOVERED, "measured, retrained (PERP)", "dot"))
     legend += [("#555", "predicted (hollow) -> measured", "dot"),
                ("#d62728", "full evaluation / goal limits", "ring")]
     for row, (color, text, _kind) in enumerate(legend):

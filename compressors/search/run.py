@@ -549,9 +549,12 @@ def pareto_chart(summary: dict[str, Any]) -> Chart:
     series = [Series(name=f"predicted {name}",
                      points=[(round(b / 1e6, 3), round(r, 5)) for b, r in points])
               for name, points in summary["fronts"].items()]
-    for key, label in (("measured", "verified (small budget)"), ("final", "chosen (full)")):
+    for key, label, retrained in (("measured", "verified (small budget)", False),
+                                  ("measured", "verified, retrained (PERP)", True),
+                                  ("final", "chosen (full)", None)):
         points = [(round(c[key]["size_bytes"] / 1e6, 3), round(c[key]["perplexity_ratio"], 5))
-                  for c in summary["candidates"] if c.get(key) and c[key]["perplexity_ratio"]]
+                  for c in summary["candidates"] if c.get(key) and c[key]["perplexity_ratio"]
+                  and retrained in (None, c.get("recovered", False))]
         if points:
             series.append(Series(name=label, points=sorted(points)))
     limit = summary["goal"].get("max_perplexity_ratio")
