@@ -29,6 +29,7 @@ from redis import Redis
 from compressors import assets
 from compressors.io.stream import tensor_sizes
 from compressors.memory import DoesNotFit, GiB, Limits, choose_placement, estimate_source
+from compressors.recipe import Recipe
 from compressors.recipe.text import Location
 from jobs.settings import Settings
 
@@ -220,18 +221,28 @@ def admission_errors(model_path: str, recipe: Any,
     return errors
 
 
-def goal_errors(model_path: str) -> list[tuple[Location, str]]:
-    """A goal on a model without an LM head: the search ranks its candidates by perplexity
-    (and its recovery step trains on the next-token loss), so it could only fail later."""
+def goal_errors(model_path: str, goal: dict[str, Any],
+                limits: Limits | None) -> list[tuple[Location, str]]:
+    """(location in the goal, message) of what would fail a goal job on this model.
+
+    A model without an LM head: the search ranks its candidates by perplexity. A recovery
+    step: it is the heaviest run a search makes (gradients, AdamW state and the activations
+    of a backward pass through the whole model), so it is checked as the perp recipe it
+    becomes would be, against the most generous worker online."""
     folder = _readable_folder(model_path)
     try:
         architectures = _declared_encoder(folder) if folder is not None else []
     except (OSError, ValueError):  # an unreadable config: the worker will say more
         return []
-    if not architectures:
+    if architectures:
+        return [((), f"the search ranks candidates by perplexity, which needs an LM head; "
+                 f"this model ({', '.join(architectures)}) has none")]
+    if goal.get("recovery") is None:
         return []
-    return [((), f"the search ranks candidates by perplexity, which needs an LM head; this "
-             f"model ({', '.join(architectures)}) has none")]
+    probe = Recipe.model_validate({"steps": [goal["recovery"]],
+                                   "calibration": goal["calibration"]})
+    return [(("recovery", *loc[2:]) if loc[:2] == ("steps", 0) else ("recovery", *loc), msg)
+            for loc, msg in admission_errors(model_path, probe, limits)]
 
 
 class LimitsCache:

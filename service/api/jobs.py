@@ -87,9 +87,10 @@ async def _within_active_bound(settings: Settings, store: JobStore, aredis: Any,
         raise quotas.too_many("queued or running jobs", limit, "MAX_ACTIVE_JOBS_PER_KEY")
 
 
-def _goal_admitted(model_path: str) -> None:
-    """A 422 for a goal this model cannot be searched for (see `jobs.admission.goal_errors`)."""
-    errors = goal_errors(model_path)
+def _goal_admitted(limits: LimitsCache, model_path: str, goal: dict[str, Any]) -> None:
+    """A 422 for a goal this model cannot be searched for, or whose recovery step no worker
+    could hold (see `jobs.admission.goal_errors`)."""
+    errors = goal_errors(model_path, goal, limits.get())
     if errors:
         raise _unprocessable([{"loc": ["body", "goal", *loc], "msg": msg, "type": "value_error"}
                               for loc, msg in errors])
@@ -138,8 +139,8 @@ async def submit_job(body: JobSubmission, request: Request, principal: Principal
     model_path = _resolved_model(settings, principal.name, body.model)
     if recipe is not None:
         _admitted(request.app.state.limits, model_path, recipe)
-    else:
-        _goal_admitted(model_path)
+    elif goal is not None:
+        _goal_admitted(request.app.state.limits, model_path, goal)
     await _within_active_bound(settings, store, aredis, principal.name)
     record = JobRecord.submitted(principal.name, body.name, body.model, model_path,
                                  recipe.to_json_dict() if recipe is not None else {},

@@ -244,6 +244,30 @@ def test_a_job_no_worker_can_hold_is_422_naming_the_bound(client, app, keys, tin
     assert fits.status_code == 202
 
 
+def test_a_goal_whose_recovery_no_worker_can_hold_is_422_naming_it(client, app, keys,
+                                                                  tiny_model):
+    """A goal's recovery step (PERP training, the heaviest run of a search) is bounded like
+    the perp recipe it becomes; the same goal without it is accepted."""
+    goal = {"max_perplexity_ratio": 1.1}
+    heavy = {**goal, "recovery": {"batch_size": 64, "seqlen": 32768}}
+    real = app.state.limits
+    app.state.limits = _OneSmallWorker()
+    try:
+        response = client.post("/api/v1/jobs", headers=auth(keys["alice"]),
+                               json={"model": "tiny", "goal": heavy})
+        fits = client.post("/api/v1/jobs", headers=auth(keys["alice"]),
+                           json={"model": "tiny", "goal": goal})
+    finally:
+        app.state.limits = real
+    for accepted in (r for r in (response, fits) if r.status_code == 202):
+        client.post(f"/api/v1/jobs/{accepted.json()['id']}/cancel", headers=auth(keys["alice"]))
+        client.delete(f"/api/v1/jobs/{accepted.json()['id']}", headers=auth(keys["alice"]))
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"][:3] == ["body", "goal", "recovery"] and "1.0 GiB" in error["msg"]
+    assert fits.status_code == 202, fits.text
+
+
 def test_method_schemas_carry_the_rules_the_server_enforces(client, keys):
     """A client that builds recipes from GET /methods builds only ones the server accepts."""
     import jsonschema
