@@ -225,18 +225,26 @@ class _OneSmallWorker:
         return Limits(1 * GiB, None, "cpu")
 
 
-def test_a_job_no_worker_can_hold_is_422_naming_the_bound(client, app, keys, tiny_model):
-    recipe = {**_wanda(), "calibration": {"samples": 1024, "seqlen": 2048}}
+def _submitted_to_one_small_worker(client, app, key: str, bodies: list[dict[str, Any]]):
+    """Each body's response while the only worker online may use 1 GiB; the accepted jobs
+    are cancelled and deleted again."""
     real = app.state.limits
     app.state.limits = _OneSmallWorker()
     try:
-        response = _post(client, keys["alice"], recipe)
-        fits = _post(client, keys["alice"], FAST_JOB)
+        responses = [client.post("/api/v1/jobs", headers=auth(key), json={"model": "tiny", **b})
+                     for b in bodies]
     finally:
         app.state.limits = real
-    for accepted in (r for r in (response, fits) if r.status_code == 202):
-        client.post(f"/api/v1/jobs/{accepted.json()['id']}/cancel", headers=auth(keys["alice"]))
-        client.delete(f"/api/v1/jobs/{accepted.json()['id']}", headers=auth(keys["alice"]))
+    for accepted in (r for r in responses if r.status_code == 202):
+        client.post(f"/api/v1/jobs/{accepted.json()['id']}/cancel", headers=auth(key))
+        client.delete(f"/api/v1/jobs/{accepted.json()['id']}", headers=auth(key))
+    return responses
+
+
+def test_a_job_no_worker_can_hold_is_422_naming_the_bound(client, app, keys, tiny_model):
+    recipe = {**_wanda(), "calibration": {"samples": 1024, "seqlen": 2048}}
+    response, fits = _submitted_to_one_small_worker(
+        client, app, keys["alice"], [{"recipe": recipe}, {"recipe": FAST_JOB}])
     assert response.status_code == 422, response.text
     [error] = response.json()["detail"]
     assert "1.0 GiB" in error["msg"] and "GiB of RAM" in error["msg"] and error["loc"][:2] == [
@@ -250,18 +258,8 @@ def test_a_goal_whose_recovery_no_worker_can_hold_is_422_naming_it(client, app, 
     the perp recipe it becomes; the same goal without it is accepted."""
     goal = {"max_perplexity_ratio": 1.1}
     heavy = {**goal, "recovery": {"batch_size": 64, "seqlen": 32768}}
-    real = app.state.limits
-    app.state.limits = _OneSmallWorker()
-    try:
-        response = client.post("/api/v1/jobs", headers=auth(keys["alice"]),
-                               json={"model": "tiny", "goal": heavy})
-        fits = client.post("/api/v1/jobs", headers=auth(keys["alice"]),
-                           json={"model": "tiny", "goal": goal})
-    finally:
-        app.state.limits = real
-    for accepted in (r for r in (response, fits) if r.status_code == 202):
-        client.post(f"/api/v1/jobs/{accepted.json()['id']}/cancel", headers=auth(keys["alice"]))
-        client.delete(f"/api/v1/jobs/{accepted.json()['id']}", headers=auth(keys["alice"]))
+    response, fits = _submitted_to_one_small_worker(
+        client, app, keys["alice"], [{"goal": heavy}, {"goal": goal}])
     assert response.status_code == 422, response.text
     [error] = response.json()["detail"]
     assert error["loc"][:3] == ["body", "goal", "recovery"] and "1.0 GiB" in error["msg"]
