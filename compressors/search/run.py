@@ -549,12 +549,13 @@ def pareto_chart(summary: dict[str, Any]) -> Chart:
     series = [Series(name=f"predicted {name}",
                      points=[(round(b / 1e6, 3), round(r, 5)) for b, r in points])
               for name, points in summary["fronts"].items()]
-    for key, label, retrained in (("measured", "verified (small budget)", False),
-                                  ("measured", "verified, retrained (PERP)", True),
-                                  ("final", "chosen (full)", None)):
+    plain = [c for c in summary["candidates"] if not c.get("recovered")]
+    retrained = [c for c in summary["candidates"] if c.get("recovered")]
+    for key, label, candidates in (("measured", "verified (small budget)", plain),
+                                   ("measured", "verified, retrained (PERP)", retrained),
+                                   ("final", "chosen (full)", summary["candidates"])):
         points = [(round(c[key]["size_bytes"] / 1e6, 3), round(c[key]["perplexity_ratio"], 5))
-                  for c in summary["candidates"] if c.get(key) and c[key]["perplexity_ratio"]
-                  and retrained in (None, c.get("recovered", False))]
+                  for c in candidates if c.get(key) and c[key]["perplexity_ratio"]]
         if points:
             series.append(Series(name=label, points=sorted(points)))
     limit = summary["goal"].get("max_perplexity_ratio")

@@ -57,6 +57,10 @@ def _recipe_error(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, 
     return {"loc": ["body", "recipe", *loc], "msg": msg, "type": kind}
 
 
+def _goal_error(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, Any]:
+    return {"loc": ["body", "goal", *loc], "msg": msg, "type": kind}
+
+
 def _validated_recipe(settings: Settings, recipe: Recipe) -> Recipe:
     """The recipe (already parsed, as the body's typed field) if this server may run it:
     the file policy and the size bound; otherwise a 422 that names each bad field."""
@@ -92,8 +96,7 @@ def _goal_admitted(limits: LimitsCache, model_path: str, goal: dict[str, Any]) -
     could hold (see `jobs.admission.goal_errors`)."""
     errors = goal_errors(model_path, goal, limits.get())
     if errors:
-        raise _unprocessable([{"loc": ["body", "goal", *loc], "msg": msg, "type": "value_error"}
-                              for loc, msg in errors])
+        raise _unprocessable([_goal_error(loc, msg) for loc, msg in errors])
 
 
 def _validated_goal(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
@@ -106,12 +109,11 @@ def _validated_goal(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
         goal = Goal.model_validate(data)
     except ValidationError as exc:
         raise _unprocessable([
-            {"loc": ["body", "goal", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+            _goal_error(err["loc"], err["msg"], err["type"])
             for err in exc.errors(include_url=False, include_context=False)]) from None
     violations = recipe_violations(settings, goal)
     if violations:
-        raise _unprocessable([{"loc": ["body", "goal", *loc], "msg": msg, "type": "value_error"}
-                              for loc, msg in violations])
+        raise _unprocessable([_goal_error(loc, msg) for loc, msg in violations])
     return goal.to_json_dict()
 
 
