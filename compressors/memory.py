@@ -1,7 +1,7 @@
 """How much memory a job will need, from the checkpoint's headers and the recipe alone.
 
 Nothing is loaded: tensor shapes and dtypes come from the safetensors headers
-(`io.stream.tensor_sizes`), the architecture's widths from config.json. The transformer blocks
+(`io.model_files.tensor_sizes`), the architecture's widths from config.json. The transformer blocks
 are found by name (the longest `prefix.<i>.` run of tensors), so no per-architecture table is
 needed. For each step the estimate adds what the step holds besides the model (the registry's
 `MemoryNeeds`: Hessians, a teacher copy, training state) to the model itself, held one of three
@@ -15,14 +15,18 @@ tests/test_memory.py keeps them within 25% of measured peaks).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressors.io.stream import dtype_bytes, tensor_sizes
+from compressors.io.model_files import (
+    check_model_folder,
+    dtype_bytes,
+    model_config,
+    tensor_sizes,
+)
 from compressors.methods import METHODS, MemoryNeeds
 
 GiB = 1024**3
@@ -105,10 +109,11 @@ def read_shape(folder: Path) -> ModelShape | None:
     (a GGUF file, `.bin` weights): the run then falls back to holding the model in memory."""
     try:
         sizes = tensor_sizes(folder)
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, OSError, ValueError, KeyError):
+        config = model_config(folder)
+    except FileNotFoundError:  # a GGUF file, `.bin` weights: nothing to read the shape from
         return None
-    config = config.get("text_config", config)
+    if isinstance(config.get("text_config"), dict):  # multimodal: the language model's widths
+        config = config["text_config"]
     counts: dict[str, int] = {}
     for name, (shape, _dtype) in sizes.items():
         match = _BLOCK.match(name)
@@ -157,8 +162,8 @@ def _numel(shape: tuple[int, ...]) -> int:
 def _run_bytes(shape: ModelShape | None, dtype: str, folder: Path | None) -> int:
     if dtype != "auto":
         return _RUN_BYTES[dtype]
-    if folder is not None and (folder / "config.json").is_file():
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if folder is not None:
+        config = model_config(folder)
         name = str(config.get("dtype") or config.get("torch_dtype") or "")
         if name in _CONFIG_DTYPES:
             return _CONFIG_DTYPES[name]
@@ -166,10 +171,13 @@ def _run_bytes(shape: ModelShape | None, dtype: str, folder: Path | None) -> int
 
 
 def estimate_source(source: Path, recipe: Any) -> Estimate:
-    """The estimate for a local source (an HF folder; anything else gets an empty one)."""
-    shape = read_shape(source) if source.is_dir() else None
-    return estimate(shape, recipe, _run_bytes(shape, recipe.dtype, source if source.is_dir()
-                                              else None))
+    """The estimate for a local source (an HF folder; anything else gets an empty one).
+    The folder is vetted first, like for every loader (`model_files.check_model_folder`)."""
+    if not source.is_dir():
+        return estimate(None, recipe, _run_bytes(None, recipe.dtype, None))
+    check_model_folder(source)
+    shape = read_shape(source)
+    return estimate(shape, recipe, _run_bytes(shape, recipe.dtype, source))
 
 
 def estimate(shape: ModelShape | None, recipe: Any, run_bytes: int) -> Estimate:

@@ -27,14 +27,21 @@ from typing import Any
 from redis import Redis
 
 from compressors import assets
-from compressors.io.stream import tensor_sizes
+from compressors.io.model_files import (
+    DamagedWeights,
+    UnsafeModelFile,
+    check_model_folder,
+    model_config,
+    shard_map,
+    tensor_sizes,
+)
 from compressors.memory import DoesNotFit, GiB, Limits, choose_placement, estimate_source
-from compressors.recipe import Recipe
+from compressors.recipe import Recipe, patterns
 from compressors.recipe.text import Location
 from jobs.settings import Settings
 
 _BLOCK = re.compile(r"^(.*?)\.(\d+)\.")
-MAX_HEADER_BYTES = 64 * 1024**2  # a safetensors header of 100k tensors is a few MB
+MAX_HEADER_BYTES = 16 * 1024**2  # all of a model's safetensors headers: 100k tensors ~ 15 MB
 
 
 def limits_key(settings: Settings) -> str:
@@ -68,7 +75,9 @@ def worker_limits(redis: Redis, settings: Settings) -> Limits | None:
 
 
 def _readable_folder(model_path: str) -> Path | None:
-    """An HF folder with safetensors for `model_path`, without converting anything."""
+    """An HF folder with safetensors for `model_path`, vetted, without converting anything;
+    None where there is nothing to read here (GGUF, `.bin`, a bundled model not converted
+    yet). A folder that names files outside itself raises `UnsafeModelFile`."""
     if model_path in assets.BUNDLED_MODELS:
         if model_path == assets.SMOLLM2_NAME:
             folder = assets.cache_dir() / "smollm2-135m-hf"
@@ -81,27 +90,18 @@ def _readable_folder(model_path: str) -> Path | None:
         folder = Path(model_path)
     if folder is None or not folder.is_dir():
         return None
-    shards = list(folder.glob("*.safetensors"))
-    if not shards or not all(_plausible_header(shard) for shard in shards):
+    check_model_folder(folder)
+    try:
+        shard_map(folder)
+    except FileNotFoundError:  # `.bin` weights: transformers reads them in the job
         return None
     return folder
 
 
-def _plausible_header(shard: Path) -> bool:
-    """A safetensors file starts with the 8-byte length of its JSON header; a damaged or
-    hostile file may claim terabytes, which must not be read here (the job then fails)."""
-    try:
-        size = shard.stat().st_size
-        with shard.open("rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-    except OSError:
-        return False
-    return 2 <= length <= min(size - 8, MAX_HEADER_BYTES)
-
-
 def _layer_names(folder: Path) -> tuple[list[str], list[str]]:
     """(every 2-D weight's module name, those inside the transformer blocks)."""
-    names = [n.removesuffix(".weight") for n, (shape, _d) in tensor_sizes(folder).items()
+    sizes = tensor_sizes(folder, max_header_bytes=MAX_HEADER_BYTES)
+    names = [n.removesuffix(".weight") for n, (shape, _d) in sizes.items()
              if len(shape) == 2 and n.endswith(".weight")]
     counts: dict[str, int] = {}
     for name in names:
@@ -110,9 +110,7 @@ def _layer_names(folder: Path) -> tuple[list[str], list[str]]:
             counts[match.group(1)] = counts.get(match.group(1), 0) + 1
     prefix = max(counts, key=counts.__getitem__) if counts else None
     inside = [n for n in names if prefix is not None and n.startswith(prefix + ".")]
-    config = folder / "config.json"
-    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get(
-            "tie_word_embeddings"):
+    if model_config(folder).get("tie_word_embeddings"):
         names.append("lm_head")  # a tied head is not stored, but is a layer a step may target
     return names, inside
 
@@ -125,14 +123,17 @@ def _spellings(name: str) -> tuple[str, ...]:
 
 
 def _selected(step: Any, names: list[str], inside: list[str]) -> bool:
-    include = getattr(step, "include", None)
-    exclude = [re.compile(p) for p in getattr(step, "exclude", None) or []]
+    """Whether the step's include/exclude leaves a layer of this model, matched with RE2 as
+    the job's `select_layers` does (`recipe.patterns`: linear time, however hostile the
+    pattern or long the uploaded tensor names)."""
+    include = list(getattr(step, "include", None) or [])
+    exclude = list(getattr(step, "exclude", None) or [])
     if include:
-        patterns = [re.compile(p) for p in include]
-        chosen = [n for n in names if any(p.search(s) for p in patterns for s in _spellings(n))]
+        chosen = [n for n in names
+                  if any(patterns.search_any(include, s) for s in _spellings(n))]
     else:
         chosen = inside
-    return any(not any(p.search(s) for p in exclude for s in _spellings(n)) for n in chosen)
+    return any(not any(patterns.search_any(exclude, s) for s in _spellings(n)) for n in chosen)
 
 
 def layer_errors(folder: Path, recipe: Any) -> list[tuple[Location, str]]:
@@ -156,10 +157,7 @@ CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 def _architectures(folder: Path) -> list[str]:
-    config = folder / "config.json"
-    if not config.is_file():
-        return []
-    found = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    found = model_config(folder).get("architectures") or []
     return [str(name) for name in found] if isinstance(found, list) else []
 
 
@@ -216,6 +214,8 @@ def admission_errors(model_path: str, recipe: Any,
         errors = layer_errors(folder, recipe) + model_kind_errors(folder, recipe)
         if not errors and limits is not None:
             errors = memory_errors(folder, recipe, limits)
+    except (UnsafeModelFile, DamagedWeights):  # the model itself is refused: `model`
+        raise
     except (OSError, ValueError, KeyError):  # an unreadable header: the worker will say more
         return []
     return errors
@@ -232,6 +232,8 @@ def goal_errors(model_path: str, goal: dict[str, Any],
     folder = _readable_folder(model_path)
     try:
         architectures = _declared_encoder(folder) if folder is not None else []
+    except (UnsafeModelFile, DamagedWeights):  # the model itself is refused: `model`
+        raise
     except (OSError, ValueError):  # an unreadable config: the worker will say more
         return []
     if architectures:

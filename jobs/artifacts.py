@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from compressors.publish import MANIFEST_FILE, discard_staging, read_manifest, verify_manifest
 from compressors.report import REPORT_FILE
+from compressors.safe_strings import can_name_a_file
 from jobs.settings import Settings
 
 __all__ = ["MANIFEST_FILE", "REPORT_FILE", "ArtifactFile", "artifact_dir", "list_files",
@@ -45,7 +46,14 @@ def list_files(folder: Path) -> list[ArtifactFile]:
 
 
 def safe_member(folder: Path, relative: str) -> Path | None:
-    """The file `relative` inside `folder`, or None if it escapes it or is not a plain file."""
+    """The file `relative` inside `folder`, or None if it escapes it or is not a plain file.
+
+    `relative` comes from a URL: a name the file system cannot look up (a NUL, a control or
+    surrogate character, a part over NAME_MAX bytes) is None too, not the ValueError or
+    ENAMETOOLONG that `resolve` and `is_file` would raise.
+    """
+    if not can_name_a_file(relative):
+        return None
     root = folder.resolve()
     candidate = (root / relative).resolve()
     if not candidate.is_relative_to(root) or candidate == root:

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from compressors.recipe.text import Location, text_policy_violations
+from compressors.safe_strings import can_name_a_file
 from jobs.settings import Settings
 
 
@@ -34,7 +35,10 @@ def denied_roots(settings: Settings) -> list[Path]:
 
 def allowed_model_path(settings: Settings, spec: str) -> Path | None:
     """The resolved server path `spec` names, if it is absolute, inside an allowed root and
-    outside the service's own data."""
+    outside the service's own data. A spec the file system cannot look up (a NUL, a part over
+    NAME_MAX bytes) names nothing: None, rather than the error `resolve` or `stat` raise."""
+    if not can_name_a_file(spec):
+        return None
     path = Path(spec)
     if not path.is_absolute() or not is_inside(path, settings.allowed_model_roots()):
         return None
@@ -61,6 +65,8 @@ def model_source_allowed(settings: Settings, owner: str, source: str) -> bool:
 
     if source in BUNDLED_MODELS:
         return True
+    if not can_name_a_file(source):
+        return False
     path = Path(source)
     if not path.is_absolute():
         return False

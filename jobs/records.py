@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compressors.report.schema import CompressionReport, ModelMetrics
 
@@ -29,6 +29,28 @@ class JobState(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+
+
+class ErrorKind(StrEnum):
+    """Why a job failed, as a machine-readable kind the dashboard turns into plain words.
+
+    Set by the worker from the exception's type (`worker.failures.classify`), never from its
+    message, so a message that merely mentions "hub" or "not found" cannot mislead the reader;
+    `error` keeps the exception's own text beside it.
+    """
+
+    out_of_memory = "out_of_memory"  # the device or host ran out, or no placement fits
+    timeout = "timeout"  # ran past JOB_TIMEOUT and was stopped
+    worker_lost = "worker_lost"  # the job's process died and the retries were used up
+    damaged_weights = "damaged_weights"  # weight files truncated, overwritten, not what named
+    unsupported_model = "unsupported_model"  # transformers cannot build this model_type
+    not_found = "not_found"  # the model or a file the job names does not exist here
+    offline = "offline"  # something tried the network (a model hub): this service has none
+    refused = "refused"  # the service's policy: a forbidden path, code in a pickle
+    invalid_recipe = "invalid_recipe"  # the recipe or goal does not fit this model
+    goal_not_met = "goal_not_met"  # a goal job's search verified no candidate within budget
+    numerical = "numerical"  # a method's math broke down (an indefinite Hessian)
+    internal = "internal"  # anything else: the `error` text is all there is
 
 
 ACTIVE = (JobState.queued, JobState.running)
@@ -130,12 +152,24 @@ class JobFields(BaseModel):
     attempt: int = Field(0, ge=0, description="attempts started (a lost worker means a retry)")
     max_attempts: int = Field(ge=1)
     error: str | None = Field(None, description="`ExceptionType: message` of a failed job")
+    error_kind: ErrorKind | None = Field(
+        None, description="a failed job: why, as a kind to show in plain words (the `error` "
+        "text says the details); absent on records written before the field existed")
     metrics: JobMetrics | None = Field(None, description="set when the job succeeded")
     artifact: bool = Field(False, description="a published checkpoint exists")
     worker: str | None = Field(None, description="the worker running or last running it")
     history: list[HistoryEntry] = Field(
         default_factory=list, description="state, stage and message changes, oldest first "
         "(the last 60), so a page opened late still shows how the job got here")
+
+    @field_validator("error_kind", mode="before")
+    @classmethod
+    def _unknown_kind_is_internal(cls, value: Any) -> Any:
+        """A kind this version does not know (a newer worker wrote it) reads as `internal`
+        instead of making the whole record unreadable."""
+        if isinstance(value, str) and value not in ErrorKind.__members__:
+            return ErrorKind.internal
+        return value
 
 
 class JobRecord(JobFields):
@@ -201,6 +235,7 @@ class JobUpdate(BaseModel):
     finished_at: Timestamp | None = None
     attempt: int | None = None
     error: str | None = None
+    error_kind: ErrorKind | None = None
     metrics: JobMetrics | None = None
     artifact: bool | None = None
     worker: str | None = None

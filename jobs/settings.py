@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = _env("MAX_UPLOAD_BYTES", 2 * 1024**3, "largest accepted model upload")
     max_unpacked_bytes: int = _env("MAX_UNPACKED_BYTES", 8 * 1024**3,
                                    "largest total size of an unpacked upload")
+    max_archive_members: int = _env("MAX_ARCHIVE_MEMBERS", 1000,
+                                    "most files and folders one uploaded archive may hold (413 "
+                                    "beyond; an HF model folder holds tens)", ge=1)
+    max_models_per_key: int = _env("MAX_MODELS_PER_KEY", 20,
+                                   "uploaded models one key may store (429 beyond)", ge=1)
+    max_upload_bytes_per_key: int = _env("MAX_UPLOAD_BYTES_PER_KEY", 32 * 1024**3,
+                                         "unpacked bytes of all of one key's uploads together "
+                                         "(429 beyond)", ge=1)
     worker_ttl: int = _env("WORKER_TTL", 60,
                            "worker heartbeat TTL; idle workers wake every TTL-15 s", ge=16)
     job_monitoring_interval: int = _env("JOB_MONITORING_INTERVAL", 10,
@@ -72,6 +80,12 @@ class Settings(BaseSettings):
                                  "largest recipe, as JSON with defaults filled in (422 beyond): "
                                  "it is stored with the job and sent on every job page",
                                  ge=1024)
+    submission_check_seconds: float = _env(
+        "SUBMISSION_CHECK_SECONDS", 20.0, "deadline of a submission's file checks (model "
+        "folder, headers, layer patterns, memory estimate); 503 beyond", gt=0)
+    submission_check_processes: int = _env(
+        "SUBMISSION_CHECK_PROCESSES", 2, "child processes per API process that run "
+        "submission checks off the event loop, one check at a time each", ge=1, le=64)
     cookie_secure: bool = _env("COOKIE_SECURE", False, "mark the sign-in cookie Secure (HTTPS)")
 
     @model_validator(mode="after")

@@ -23,6 +23,8 @@ from service.api import api_router, health, session
 from service.auth import KeyStore
 from service.body_limit import BodyLimit
 from service.quotas import Leases
+from service.safe_urls import SafeUrls
+from service.submission_checks import SubmissionChecks
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     with contextlib.suppress(RedisError):  # RQ asks the server version once per queue; ask now
         app.state.queue.get_redis_server_version()
+    await app.state.submission_checks.warm()
     # Everything alive now (imports, the app) lives as long as the process; frozen, it is
     # skipped by the collector instead of walked on every full collection, which showed up
     # as request stalls under load (bench/service.py).
@@ -73,12 +76,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = KeyStore(redis, settings.key_prefix)
     app.state.queue = get_queue(redis, settings)
     app.state.limits = LimitsCache(redis, settings)
+    app.state.submission_checks = SubmissionChecks(settings.submission_check_processes,
+                                                   settings.submission_check_seconds)
     app.state.stream_leases = Leases("open event streams", settings.max_streams_per_key,
                                      "MAX_STREAMS_PER_KEY")
     app.state.upload_leases = Leases("uploads in progress", settings.max_uploads_per_key,
                                      "MAX_UPLOADS_PER_KEY")
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_json_bytes)
+    app.add_middleware(SafeUrls)  # outermost: a malformed URL is refused before its body is read
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(api_router())

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from compressors.safe_strings import can_name_a_file
 from jobs.connection import redis_client
 from jobs.records import JobState
 from jobs.settings import get_settings
@@ -190,7 +191,10 @@ def workers_page(request: Request) -> Response:
 
 @router.get("/static/{name}")
 def static_file(name: str) -> Response:
-    """The dashboard's own CSS and JS (flat folder; nothing outside it is reachable)."""
+    """The dashboard's own CSS and JS (flat folder; nothing outside it is reachable). A name
+    the file system cannot look up (too long, say) is a 404, like any other unknown name."""
+    if not can_name_a_file(name):
+        raise HTTPException(status_code=404, detail="not found")
     path = (STATIC_DIR / name).resolve()
     if path.parent != STATIC_DIR or not path.is_file():
         raise HTTPException(status_code=404, detail="not found")

@@ -1,9 +1,12 @@
-"""What one key may hold at once: open event streams, uploads in progress, active jobs.
+"""What one key may hold at once: open event streams, uploads in progress, active jobs, and
+what its uploads store.
 
 Without bounds one key can starve everyone (hundreds of open streams, uploads that fill the
 disk, a queue of thousands). Beyond a bound the answer is 429 with `Retry-After`. Streams and
 uploads are counted per API process (what it holds open); active jobs (queued or running) are
-counted in Redis, for the whole service (`jobs.store`'s per-owner active set).
+counted in Redis, for the whole service (`jobs.store`'s per-owner active set). Stored uploads
+(models and bytes per key) are counted in Redis too (`jobs.upload_ledger`); their 429 has no
+`Retry-After`, because waiting frees nothing: only deleting an upload does.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Callable
 
 from fastapi import HTTPException, status
 
+from jobs.upload_ledger import QuotaExceeded
+
 RETRY_AFTER_S = 5
 
 
@@ -21,6 +26,12 @@ def too_many(what: str, limit: int, setting: str) -> HTTPException:
         status.HTTP_429_TOO_MANY_REQUESTS,
         f"this key already holds {limit} {what} (the limit, {setting}); close some, or retry "
         "later", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def stores_too_much(exc: QuotaExceeded) -> HTTPException:
+    """429 for a key whose uploads are at MAX_MODELS_PER_KEY or MAX_UPLOAD_BYTES_PER_KEY (the
+    message names the limit and its setting)."""
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc))
 
 
 class Leases:

@@ -158,7 +158,7 @@ def test_estimate_is_within_a_quarter_of_the_measured_peak(case):
 @pytest.mark.parametrize("content", [b"\xff" * 4096, b"\x05",
                                      b"\x10" + b"\0" * 7 + b"[1,2]" + b" " * 11])
 def test_a_damaged_weight_file_is_named_in_plain_words(tmp_path, content):
-    from compressors.io.stream import DamagedWeights, header
+    from compressors.io.model_files import DamagedWeights, header
 
     path = tmp_path / "model.safetensors"
     path.write_bytes(content)

@@ -101,6 +101,11 @@ def test_policy_covers_calibration_and_evaluation_and_allows_inside_roots(tmp_pa
     ("sotu:1999-1900", "before the start year"),
     ("http://example.com/x.txt", "not a known text"),
     ("", "at least 1 character"),
+    ("/srv/a\x00b", "control character (U+0000)"),
+    ("/srv/a\x1b[2J", "control character (U+001B)"),
+    ("/srv/a\ud800", "valid string"),  # pydantic refuses it first; parse_source would too
+    ("/srv/report\u202etxt.exe", "bidirectional formatting character (U+202E)"),
+    ("/srv/" + "a" * 300 + "/b.txt", "not a usable file path"),
 ])
 def test_bad_references_fail_at_parse_time_naming_the_field(spec, message):
     with pytest.raises(ValidationError) as error:

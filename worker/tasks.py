@@ -4,12 +4,13 @@ Their dotted names are `jobs.queue.TASK` and `jobs.queue.ON_FAILURE`; moving or 
 means changing that constant (the worker refuses to start until both resolve here).
 
 `run_job` records its own failures (bad model, timeout, out of memory) as the job's `failed`
-state, then fails in RQ too (`JobFailed`, with the RQ job's retries spent first), so `rq info`
-and RQ's dashboards count it failed, and RQ's bounded Retry is left to mean one thing only,
-"the process running this job died". A Redis outage while a job runs does not lose its end:
-the final write waits for Redis to come back. torch and the library are imported inside the
-job, never at module level, so the RQ parent process that imports this module never
-initialises CUDA.
+state, with an `error_kind` read from the exception's type (`worker.failures`), then fails in
+RQ too (`JobFailed`, with the RQ job's retries spent first), so `rq info` and RQ's dashboards
+count it failed, and RQ's bounded Retry is left to mean one thing only, "the process running
+this job died" (`worker_lost` once the retries are spent). A Redis outage while a job runs does
+not lose its end: the final write waits for Redis to come back. torch and the library are
+imported inside the job, never at module level, so the RQ parent process that imports this
+module never initialises CUDA.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 from jobs import artifacts
 from jobs.connection import redis_client
 from jobs.policy import model_source_allowed, recipe_violations, text_roots
-from jobs.records import ACTIVE, JobMetrics, JobRecord, JobState, JobUpdate, utcnow
+from jobs.records import ACTIVE, ErrorKind, JobMetrics, JobRecord, JobState, JobUpdate, utcnow
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
+from worker.failures import classify
 from worker.progress import ProgressWriter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,7 +56,7 @@ def run_job(job_id: str) -> str:
     started = store.update(job_id, JobUpdate(
         state=JobState.running, attempt=attempt, stage="loading", progress=0.0,
         message=f"attempt {attempt} started", started_at=utcnow(), finished_at=None,
-        worker=os.environ.get("RQ_WORKER_ID"), error=None,
+        worker=os.environ.get("RQ_WORKER_ID"), error=None, error_kind=None,
     ), if_state=ACTIVE)
     if started is None:
         return "skipped"
@@ -64,8 +66,8 @@ def run_job(job_id: str) -> str:
             report = _compress_or_reuse(settings, record, progress)
             metrics = JobMetrics.from_report(report)
         except Exception as exc:  # recorded for the user; RQ must not retry a bad job
-            said = describe_failure(exc)
-            _when_redis_is_back(_finish_failed, store, job_id, attempt, said)
+            said, kind = describe_failure(exc), classify(exc)
+            _when_redis_is_back(_finish_failed, store, job_id, attempt, said, kind)
             _no_retry_in_rq()
             raise JobFailed(said) from None
     chosen = _chosen_recipe(report) if record.goal is not None else None
@@ -179,9 +181,10 @@ def _search(settings: Settings, record: JobRecord, destination: Any,
     return result.report
 
 
-def _finish_failed(store: JobStore, job_id: str, attempt: int, said: str) -> None:
-    store.update(job_id, JobUpdate(state=JobState.failed, error=said, message="failed",
-                                   finished_at=utcnow()),
+def _finish_failed(store: JobStore, job_id: str, attempt: int, said: str,
+                   kind: ErrorKind) -> None:
+    store.update(job_id, JobUpdate(state=JobState.failed, error=said, error_kind=kind,
+                                   message="failed", finished_at=utcnow()),
                  if_state=RUNNING, if_attempt=attempt)
 
 
@@ -221,7 +224,8 @@ def record_lost_worker(job_id: str, will_retry: bool, reason: str) -> None:
         change = JobUpdate(state=JobState.queued, stage=None, progress=0.0,
                            message=f"{reason}; retrying")
     else:
-        change = JobUpdate(state=JobState.failed, error=reason, message="failed",
+        change = JobUpdate(state=JobState.failed, error=reason,
+                           error_kind=ErrorKind.worker_lost, message="failed",
                            finished_at=utcnow())
     store.update(job_id, change, if_state=ACTIVE)
 

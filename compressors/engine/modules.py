@@ -9,13 +9,13 @@ view. Other layer kinds (quantized, factorized) are read through `engine.layers`
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from compressors.engine.layers import DENSE, kind_of
+from compressors.recipe import patterns
 
 
 def is_linear_like(module: nn.Module) -> bool:
@@ -69,21 +69,23 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
 def select_layers(
     model: nn.Module, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None
 ) -> dict[str, nn.Module]:
-    """Linear-like layers chosen by regex (`re.search` on the full name).
+    """Linear-like layers chosen by regex (RE2, searched anywhere in the full name: the
+    engine the recipe was validated with, see `recipe.patterns`).
 
     Without `include`, the default is every Linear-like layer inside the transformer blocks,
     which never includes embeddings or the LM head; with it, any Linear-like layer may match.
     An empty selection is an error: a step that changes nothing must not succeed.
     """
     layers = linear_layers(model)
+    include, exclude = list(include or []), list(exclude or [])
+    for pattern in include + exclude:
+        patterns.compile_pattern(pattern)  # a refused pattern fails before anything is chosen
     if include:
-        patterns = [re.compile(p) for p in include]
-        chosen = {n: m for n, m in layers.items() if any(p.search(n) for p in patterns)}
+        chosen = {n: m for n, m in layers.items() if patterns.search_any(include, n)}
     else:
         prefix, _ = find_blocks(model)
         chosen = {n: m for n, m in layers.items() if n.startswith(prefix + ".")}
-    for pattern in [re.compile(p) for p in exclude or []]:
-        chosen = {n: m for n, m in chosen.items() if not pattern.search(n)}
+    chosen = {n: m for n, m in chosen.items() if not patterns.search_any(exclude, n)}
     if not chosen:
         raise ValueError(
             "include/exclude: no Linear-like layer matches, so the step would change nothing"

@@ -8,7 +8,6 @@ anything else fails at once with a message saying this service works offline.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from torch import nn
 
 from compressors import assets
 from compressors.io.formats import load_special, save_any
+from compressors.io.model_files import check_model_folder, model_config, model_file
 from compressors.report.schema import CheckpointInfo
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -39,12 +39,18 @@ class LoadedModel:
 
 
 def resolve_model(spec: str | Path) -> Path:
-    """Turn a user's model reference into a local path, or explain why it cannot be used."""
+    """Turn a user's model reference into a local path, or explain why it cannot be used.
+
+    A folder is vetted here (`model_files.check_model_folder`), before any loader sees it:
+    every loader of this module gets its source from this function."""
     bundled = assets.resolve_bundled(str(spec))
     if bundled is not None:
+        if bundled.is_dir():
+            check_model_folder(bundled)
         return bundled
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
+        check_model_folder(path)
         return path
     if path.is_file() and path.suffix == ".gguf":
         return path
@@ -81,7 +87,7 @@ def checkpoint_dtype(source: Path) -> torch.dtype:
     float32 for GGUF files (dequantized on load) and when the config does not say."""
     if source.is_file():
         return torch.float32
-    config = read_json(source / "config.json")
+    config = model_config(source)
     name = _dtype_name(config.get("dtype")) or _dtype_name(config.get("torch_dtype"))
     return _DTYPES[name] if name else torch.float32
 
@@ -149,7 +155,10 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, folder: Path) -> Checkpoin
 
 
 def weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    """The folder's weight files, each through `model_files.model_file` (a link out of the
+    folder is refused, not measured)."""
+    return sorted(model_file(folder, p.name) for p in folder.iterdir()
+                  if p.suffix in _WEIGHT_SUFFIXES and not p.is_dir())
 
 
 def size_on_disk(source: Path) -> int:
@@ -163,6 +172,7 @@ def load_pretrained(folder: Path, dtype: torch.dtype | None = None, **kwargs: An
     """`from_pretrained` with the right Auto class, offline, never trusting remote code."""
     from transformers import AutoConfig
 
+    check_model_folder(folder)
     config = AutoConfig.from_pretrained(folder, **LOCAL_ONLY)
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -178,9 +188,7 @@ def load(folder: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
     and bitsandbytes checkpoints load with transformers directly.
     """
     path = Path(folder)
+    check_model_folder(path)
     special = load_special(path, dtype)
     return special if special is not None else load_pretrained(path, dtype)
 
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -5,79 +5,19 @@
 asked-for tensors is ever resident. `ShardWriter` writes tensors as they are produced into
 sharded safetensors plus the `model.safetensors.index.json` that `from_pretrained` reads:
 shards get temporary names until the writer is closed, when their count is known and they are
-renamed `model-0000i-of-0000N.safetensors`. Headers are read with plain `json` (`header`), so
-the memory estimate can size a model without torch.
+renamed `model-0000i-of-0000N.safetensors`. Which files a folder's index may name, and reading
+headers without torch, is `model_files`' business: every shard path here came from
+`model_files.model_file`.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
-def shard_files(folder: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file holding it (from the index, or the single file)."""
-    index = folder / INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return {name: folder / file for name, file in weight_map.items()}
-    single = folder / SINGLE_FILE
-    if single.is_file():
-        return dict.fromkeys(header(single), single)
-    raise FileNotFoundError(f"{folder.name}: no {SINGLE_FILE} or {INDEX_FILE}")
-
-
-class DamagedWeights(ValueError):
-    """A weight file that is not what its name says (truncated, overwritten, another format)."""
-
-
-_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
-
-
-def header(path: Path) -> dict[str, dict[str, Any]]:
-    """{tensor name: {"dtype", "shape", "data_offsets"}} from a safetensors file's header.
-
-    Checked before it is trusted: the header is read before any library sees the file (the
-    memory estimate runs first), so a damaged file must fail here with a plain reason.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        prefix = handle.read(8)
-        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
-        if not 0 < length <= min(size - 8, _MAX_HEADER):
-            raise DamagedWeights(f"{path.name}: not a safetensors file (its header length does "
-                                 "not fit the file): the weight files look damaged or "
-                                 "incomplete")
-        try:
-            entries = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            entries = None
-    if not isinstance(entries, dict):
-        raise DamagedWeights(f"{path.name}: the safetensors header is not a JSON table: the "
-                             "weight files look damaged or incomplete")
-    entries.pop("__metadata__", None)
-    return entries
-
-
-def tensor_sizes(folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{name: (shape, safetensors dtype)} of every tensor in a folder, from headers only."""
-    sizes: dict[str, tuple[tuple[int, ...], str]] = {}
-    for path in sorted(set(shard_files(folder).values())):
-        for name, entry in header(path).items():
-            sizes[name] = (tuple(entry["shape"]), entry["dtype"])
-    return sizes
-
-
-def dtype_bytes(name: str) -> int:
-    return _DTYPE_BYTES[name]
+from compressors.io.model_files import INDEX_FILE, SINGLE_FILE, shard_map
 
 
 class TensorSource:
@@ -85,7 +25,7 @@ class TensorSource:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.files = shard_files(folder)
+        self.files = shard_map(folder)
 
     def names(self, prefix: str = "") -> list[str]:
         return [name for name in self.files if name.startswith(prefix)]

@@ -5,7 +5,8 @@ strict (`"0.5"` is not a float, `true` is not an int), frozen, and forbids unkno
 typo never silently changes a job. String fields are of three kinds only: a choice (Literal),
 a text reference (`recipe.text.TextRef`, the one type that may name a file), or a constrained
 pattern marked with `x-string-kind` (layer regexes, N:M patterns); `tests/test_recipe.py`
-walks every method's schema to keep it that way.
+walks every method's schema to keep it that way. Layer regexes are RE2 patterns
+(`recipe.patterns`): linear-time matching, the same engine here and in the job.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ import warnings
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+
+from compressors.recipe import patterns
 
 MAX_SEED = 2**32 - 1
 MAX_GROUP = 256  # the largest M of an N:M pattern (hardware patterns are 2:4, 4:8)
@@ -56,13 +67,19 @@ def _check_pattern(value: str) -> str:
     return value
 
 
-def _check_regexes(patterns: list[str]) -> list[str]:
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"{pattern[:80]!r} is not a valid regex ({error})") from None
-    return patterns
+def _check_regexes(values: list[str], info: ValidationInfo) -> list[str]:
+    """Every pattern must compile with RE2, the engine the job matches with; the error names
+    the field, the pattern and what RE2 refuses in it (e.g. lookahead)."""
+    for pattern in values:
+        why = patterns.refusal(pattern)
+        if why is not None:
+            raise ValueError(f"{info.field_name}: {pattern[:80]!r} is not a valid regex: {why}")
+    return values
+
+
+def _check_regex_keys(values: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+    _check_regexes(list(values), info)
+    return values
 
 
 def _exact_int(value: Any) -> Any:
@@ -98,7 +115,11 @@ LayerPatterns = Annotated[
 ] | None
 
 
-LayerSparsity = Annotated[dict[Regex, Sparsity], Field(max_length=MAX_LAYER_PATTERNS)] | None
+LayerSparsity = Annotated[
+    dict[Regex, Sparsity], AfterValidator(_check_regex_keys), Field(max_length=MAX_LAYER_PATTERNS)
+] | None
+_RE2 = ("RE2 regexes searched anywhere in the full layer name (unanchored, like re.search; "
+        "anchor with ^ and $; no lookaround or backreferences)")
 
 
 class LayerSelection(BaseModel):
@@ -107,10 +128,10 @@ class LayerSelection(BaseModel):
     error, never a silent success."""
 
     include: LayerPatterns = Field(
-        None, description="regexes on full layer names (re.search); default: every Linear-like "
-        "layer inside the transformer blocks (never embeddings or the LM head)")
+        None, description=f"{_RE2}; default: every Linear-like layer inside the transformer "
+        "blocks (never embeddings or the LM head)")
     exclude: LayerPatterns = Field(
-        None, description="regexes on full layer names (re.search) removed from the selection")
+        None, description=f"{_RE2}; the layers they match are removed from the selection")
 
 
 def one_of_required(*names: str) -> Callable[[dict[str, Any]], None]:
@@ -142,20 +163,18 @@ class PruningConfig(StepConfig, LayerSelection):
         "unstructured pruning, implied by N:M patterns")
     pattern: Pattern = "unstructured"
     layer_sparsity: LayerSparsity = Field(
-        None, description="unstructured only: per-layer sparsity, {regex on the full layer "
-        "name (re.search): sparsity in [0, 1)}; the first matching regex wins, other layers "
-        "get `sparsity` (non-uniform allocations, e.g. from a goal search)")
+        None, description="unstructured only: per-layer sparsity, {RE2 regex searched in the "
+        "full layer name (unanchored): sparsity in [0, 1)}; the first matching regex wins, "
+        "other layers get `sparsity` (non-uniform allocations, e.g. from a goal search)")
 
     @model_validator(mode="after")
     def _sparsity_matches_pattern(self) -> PruningConfig:
         nm = parse_nm(self.pattern)
         if nm is None and self.sparsity is None:
             raise ValueError("sparsity: required for unstructured pruning, in [0, 1)")
-        if self.layer_sparsity:
-            if nm is not None:
-                raise ValueError(f"layer_sparsity: only for unstructured pruning (pattern "
-                                 f"{self.pattern} fixes the sparsity)")
-            _check_regexes(list(self.layer_sparsity))
+        if self.layer_sparsity and nm is not None:
+            raise ValueError(f"layer_sparsity: only for unstructured pruning (pattern "
+                             f"{self.pattern} fixes the sparsity)")
         if nm is not None and self.sparsity is not None:
             implied = 1 - nm[0] / nm[1]
             if abs(self.sparsity - implied) > 1e-9:
@@ -175,10 +194,10 @@ class PruningConfig(StepConfig, LayerSelection):
         return 1 - nm[0] / nm[1] if nm else float(self.sparsity or 0.0)
 
     def sparsity_for(self, layer_name: str) -> float:
-        """The sparsity of one layer: its first matching `layer_sparsity` regex, else the
-        step's `target_sparsity`."""
+        """The sparsity of one layer: its first matching `layer_sparsity` regex (RE2, the
+        engine validation used), else the step's `target_sparsity`."""
         for pattern, value in (self.layer_sparsity or {}).items():
-            if re.search(pattern, layer_name):
+            if patterns.search(pattern, layer_name):
                 return float(value)
         return self.target_sparsity
 

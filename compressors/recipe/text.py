@@ -10,6 +10,11 @@ recipe is parsed, or a path to a UTF-8 file:
   `help()` shows), a text of another kind than the speeches, always available offline;
 - anything else is a file path.
 
+A reference never holds a control character, a lone surrogate or a bidi formatting character,
+and a file path must be one the operating system can look up (`compressors.safe_strings`):
+such a value is refused when the recipe is parsed, naming the field, instead of raising
+"embedded null byte" or ENAMETOOLONG from the policy's `stat` calls.
+
 A parsed recipe is walked for every `TextRef` value (`text_references`), so the service's
 policy (`text_policy_violations`: files only under the allowed server folders) reaches every
 such field of every method by construction, at submission and again inside the job.
@@ -29,6 +34,13 @@ from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic_core import core_schema
 
 from compressors import assets
+from compressors.safe_strings import (
+    NAME_MAX,
+    NAME_PATTERN,
+    PATH_MAX,
+    can_name_a_file,
+    refused_character,
+)
 
 CALIBRATION_TEXT = "sotu:1900-1999"
 EVALUATION_TEXT = "sotu:2000-"
@@ -61,6 +73,9 @@ def _speech_years() -> tuple[int, ...]:
 
 def parse_source(value: str) -> TextSource:
     """Parse a reference; built-in corpora must exist. Raises ValueError saying what is allowed."""
+    problem = refused_character(value)
+    if problem is not None:
+        raise ValueError(f"a text reference {problem}")
     if value == PYDOC_TOPICS:
         return TextSource("pydoc")
     match = _SOTU.match(value)
@@ -77,12 +92,16 @@ def parse_source(value: str) -> TextSource:
     scheme = _SCHEME.match(value)
     if scheme and len(scheme.group(1)) > 1:
         raise ValueError(f"{value[:40]!r} is not a known text; use {_KNOWN}")
+    if not can_name_a_file(value):
+        raise ValueError(f"not a usable file path: a path is under {PATH_MAX} bytes, each "
+                         f"part of it at most {NAME_MAX}")
     return TextSource("file", path=Path(value))
 
 
 class TextRef(str):
     """A recipe field that names a text: validated syntax, and a JSON schema that says so
-    (`"format": "text-ref"`), so clients and the schema test can tell it from other strings."""
+    (`"format": "text-ref"`, and the characters a name may not hold as a `pattern`), so
+    clients and the schema test can tell it from other strings."""
 
     @classmethod
     def __get_pydantic_core_schema__(
@@ -99,7 +118,8 @@ class TextRef(str):
         cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> dict[str, Any]:
         json_schema = handler(schema)
-        json_schema.update(format="text-ref", examples=[CALIBRATION_TEXT, PYDOC_TOPICS])
+        json_schema.update(format="text-ref", pattern=NAME_PATTERN,
+                           examples=[CALIBRATION_TEXT, PYDOC_TOPICS])
         return json_schema
 
     @classmethod
@@ -151,11 +171,21 @@ def text_policy_violations(
                 or any(real.is_relative_to(root) for root in denied)):
             violations.append((loc, "a text must be a built-in corpus (sotu:YYYY-YYYY, "
                                "pydoc:topics) or a file under an allowed server folder"))
-        elif not real.is_file():
+        elif (size := _file_size(real)) is None:
             violations.append((loc, "no such text file under the allowed server folders"))
-        elif real.stat().st_size > MAX_TEXT_FILE_BYTES:
+        elif size > MAX_TEXT_FILE_BYTES:
             violations.append((loc, f"text files are limited to {MAX_TEXT_FILE_BYTES} bytes"))
     return violations
+
+
+def _file_size(path: Path) -> int | None:
+    """Bytes of the regular file at `path`, or None where there is none to read: absent, not a
+    file, or behind a folder the service may not enter (Python 3.11's `is_file` raises
+    PermissionError there, which would otherwise be a 500 instead of a refusal)."""
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
 
 
 def load_text_parts(ref: str) -> list[str]:

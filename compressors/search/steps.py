@@ -2,7 +2,8 @@
 
 Layer names are compacted into a few regexes, one per layer kind with the block indices as an
 alternation (`^model\\.layers\\.(?:0|3|7)\\.mlp\\.down_proj$`), so a 210-layer choice fits the
-recipe's limits on pattern count and length.
+recipe's limits on pattern count and length. Names are escaped by RE2 (`recipe.patterns`), the
+engine the recipe is validated and matched with, so what the search writes always validates.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from compressors.recipe.fields import MAX_LAYER_PATTERNS, MAX_REGEX_LENGTH
+from compressors.recipe.patterns import escape
 from compressors.search.operations import GPTQ_BITS, level_sparsity
 
 _INDEXED = re.compile(r"^(.*?\.)(\d+)(\..*)$")
@@ -28,11 +30,11 @@ def layer_patterns(names: list[str]) -> list[str]:
             groups[(match.group(1), match.group(3))].append(match.group(2))
         else:
             singles.append(name)
-    patterns = [f"^{re.escape(name)}$" for name in singles]
+    patterns = [f"^{escape(name)}$" for name in singles]
     for (head, tail), indices in sorted(groups.items()):
         ordered = sorted(set(indices), key=int)
         alternation = ordered[0] if len(ordered) == 1 else f"(?:{'|'.join(ordered)})"
-        patterns.append(f"^{re.escape(head)}{alternation}{re.escape(tail)}$")
+        patterns.append(f"^{escape(head)}{alternation}{escape(tail)}$")
     too_long = [p for p in patterns if len(p) > MAX_REGEX_LENGTH]
     if too_long or len(patterns) > MAX_LAYER_PATTERNS:
         raise ValueError(f"allocation needs {len(patterns)} layer patterns (limit "

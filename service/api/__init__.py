@@ -12,7 +12,7 @@ from service.api.deps import require_principal
 
 def api_router() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_principal)],
-                       responses=errors.responses(401, 413, 422, 429, 503))
+                       responses=errors.responses(400, 401, 413, 422, 429, 503))
     router.include_router(jobs.router)
     router.include_router(models.router)
     router.include_router(system.router)

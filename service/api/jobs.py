@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
-from compressors.recipe.schema import Recipe
 from compressors.report.schema import CompressionReport
-from jobs import artifacts, model_registry
+from jobs import artifacts
 from jobs import queue as rq_queue
-from jobs.admission import LimitsCache, admission_errors, goal_errors
 from jobs.connection import execute_recorded
-from jobs.policy import recipe_violations
 from jobs.records import (
     ACTIVE,
     FINISHED,
@@ -31,6 +26,7 @@ from jobs.records import (
 )
 from jobs.settings import Settings
 from jobs.store import JobStore
+from jobs.submission import Accepted, Refused, check_submission
 from service import errors, events, quotas
 from service.api.deps import (
     AsyncRedisDep,
@@ -43,42 +39,11 @@ from service.api.deps import (
 )
 from service.api.schemas import FileEntry, FileList, JobPage, JobSubmission
 from service.auth import Principal
+from service.submission_checks import SubmissionChecks
 
 router = APIRouter(tags=["jobs"])
 NOT_FOUND = errors.responses(404)
 CONFLICT = errors.responses(404, 409)
-
-
-def _unprocessable(errors: list[dict[str, Any]] | str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
-
-
-def _recipe_error(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, Any]:
-    return {"loc": ["body", "recipe", *loc], "msg": msg, "type": kind}
-
-
-def _goal_error(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, Any]:
-    return {"loc": ["body", "goal", *loc], "msg": msg, "type": kind}
-
-
-def _validated_recipe(settings: Settings, recipe: Recipe) -> Recipe:
-    """The recipe (already parsed, as the body's typed field) if this server may run it:
-    the file policy and the size bound; otherwise a 422 that names each bad field."""
-    violations = recipe_violations(settings, recipe)
-    if violations:
-        raise _unprocessable([_recipe_error(loc, msg) for loc, msg in violations])
-    size = len(json.dumps(recipe.to_json_dict()))
-    if size > settings.max_recipe_bytes:
-        raise _unprocessable([_recipe_error((), f"the recipe is {size} bytes as JSON; the bound "
-                                            f"is {settings.max_recipe_bytes} (MAX_RECIPE_BYTES)")])
-    return recipe
-
-
-def _admitted(limits: LimitsCache, model_path: str, recipe: Recipe) -> None:
-    """A 422 for a job this model or no worker could run (see `jobs.admission`)."""
-    errors = admission_errors(model_path, recipe, limits.get())
-    if errors:
-        raise _unprocessable([_recipe_error(loc, msg) for loc, msg in errors])
 
 
 async def _within_active_bound(settings: Settings, store: JobStore, aredis: Any,
@@ -91,38 +56,17 @@ async def _within_active_bound(settings: Settings, store: JobStore, aredis: Any,
         raise quotas.too_many("queued or running jobs", limit, "MAX_ACTIVE_JOBS_PER_KEY")
 
 
-def _goal_admitted(limits: LimitsCache, model_path: str, goal: dict[str, Any]) -> None:
-    """A 422 for a goal this model cannot be searched for, or whose recovery step no worker
-    could hold (see `jobs.admission.goal_errors`)."""
-    errors = goal_errors(model_path, goal, limits.get())
-    if errors:
-        raise _unprocessable([_goal_error(loc, msg) for loc, msg in errors])
-
-
-def _validated_goal(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
-    """The goal with defaults filled in, or a 422 that names each bad field; every text it
-    names (sensitivity, calibration, evaluation, recovery) passes the same policy as a
-    recipe's, walked the same way."""
-    from compressors.search.goal import Goal
-
-    try:
-        goal = Goal.model_validate(data)
-    except ValidationError as exc:
-        raise _unprocessable([
-            _goal_error(err["loc"], err["msg"], err["type"])
-            for err in exc.errors(include_url=False, include_context=False)]) from None
-    violations = recipe_violations(settings, goal)
-    if violations:
-        raise _unprocessable([_goal_error(loc, msg) for loc, msg in violations])
-    return goal.to_json_dict()
-
-
-def _resolved_model(settings: Settings, owner: str, spec: str) -> str:
-    try:
-        return model_registry.resolve(settings, owner, spec)
-    except model_registry.UnknownModel as exc:
-        raise _unprocessable([{"loc": ["body", "model"], "msg": str(exc),
-                               "type": "value_error"}]) from None
+async def _checked(request: Request, settings: Settings, owner: str,
+                   body: JobSubmission) -> Accepted:
+    """The submission's file checks (`jobs.submission`), in a child process with a deadline;
+    a refusal is a 422 naming each field."""
+    limits = await asyncio.to_thread(request.app.state.limits.get)
+    checks: SubmissionChecks = request.app.state.submission_checks
+    answer = await checks.run(check_submission, settings, owner, body.model, body.recipe,
+                              body.goal, limits)
+    if isinstance(answer, Refused):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, answer.errors)
+    return answer
 
 
 @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobView)
@@ -132,21 +76,17 @@ async def submit_job(body: JobSubmission, request: Request, principal: Principal
                      aredis: AsyncRedisDep) -> Response:
     """Validate, then write the record and enqueue the RQ job in one Redis transaction.
 
-    This is the hot path: it stays on the event loop (validation and model lookup are
-    microseconds; the writes go out through the asyncio client) and answers with the view's
-    own JSON, which skips FastAPI's second validation and encoding of the response model.
+    This is the hot path. The checks that read files (a hostile model folder may name a
+    pipe, a large model's headers are megabytes of JSON) run in a child process with a
+    deadline, never on the event loop; the writes go out through the asyncio client, and the
+    answer is the view's own JSON, which skips FastAPI's second validation and encoding of
+    the response model.
     """
-    goal = _validated_goal(settings, body.goal) if body.goal is not None else None
-    recipe = _validated_recipe(settings, body.recipe) if body.recipe is not None else None
-    model_path = _resolved_model(settings, principal.name, body.model)
-    if recipe is not None:
-        _admitted(request.app.state.limits, model_path, recipe)
-    elif goal is not None:
-        _goal_admitted(request.app.state.limits, model_path, goal)
+    accepted = await _checked(request, settings, principal.name, body)
     await _within_active_bound(settings, store, aredis, principal.name)
-    record = JobRecord.submitted(principal.name, body.name, body.model, model_path,
-                                 recipe.to_json_dict() if recipe is not None else {},
-                                 settings.job_retries + 1, goal=goal)
+    record = JobRecord.submitted(principal.name, body.name, body.model, accepted.model_path,
+                                 accepted.recipe or {}, settings.job_retries + 1,
+                                 goal=accepted.goal)
     recorded = redis.pipeline()
     rq_queue.enqueue(queue, record.id, settings, pipeline=recorded)  # opens the MULTI
     store.create(record, pipeline=recorded)

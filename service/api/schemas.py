@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compressors.recipe.schema import Recipe
+from compressors.safe_strings import SafeLabel, SafeName
 from jobs.artifacts import ArtifactFile
 from jobs.model_registry import ModelEntry
 from jobs.queue import WorkerInfo
@@ -18,12 +19,19 @@ from jobs.records import JobView
 
 
 class JobSubmission(BaseModel):
-    """What a client posts; the recipe is validated by the library's own pydantic models."""
+    """What a client posts; the recipe is validated by the library's own pydantic models.
+
+    `model` names a registry entry or a server path, so it follows the name rules of
+    `compressors.safe_strings` (no control, bidi or surrogate character: it reaches `stat`,
+    the logs and every admin's dashboard); `name` is a label people write and read, so it
+    keeps tabs, line breaks and bidi characters and refuses only the other controls and
+    surrogates.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=4096,
-                       description="registry name (GET /models) or allowed server path")
+    model: SafeName = Field(min_length=1, max_length=4096,
+                            description="registry name (GET /models) or allowed server path")
     recipe: Recipe | None = Field(
         None, description="steps (each one method's parameters, see /methods), calibration "
         "and evaluation settings")
@@ -31,7 +39,7 @@ class JobSubmission(BaseModel):
         None, description="instead of a recipe: {minimize, max_perplexity_ratio, "
         "max_size_bytes | max_size_ratio, methods, budget_minutes, ...}; the worker searches "
         "for the recipe (compressors.search.Goal)")
-    name: str = Field("", max_length=200, description="a label for people")
+    name: SafeLabel = Field("", max_length=200, description="a label for people")
 
     @model_validator(mode="after")
     def _recipe_or_goal(self) -> JobSubmission:

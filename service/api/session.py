@@ -16,7 +16,7 @@ from service.auth import clear_key_cookie, set_key_cookie
 router = APIRouter(prefix=API_PREFIX, tags=["session"])
 
 
-@router.post("/session", responses=errors.responses(401, 413, 422, 503))
+@router.post("/session", responses=errors.responses(400, 401, 413, 422, 503))
 def sign_in(body: SignIn, request: Request, response: Response) -> Caller:
     principal = request.app.state.keys.verify(body.key)
     if principal is None:

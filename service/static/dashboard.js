@@ -126,9 +126,10 @@ function fmtClock(ms) {
   return new Date(ms).toISOString().slice(11, 19);
 }
 
-function fmtDateTime(ms) {
+function fmtDateTime(ms, zone = true) {
   if (ms === null || ms === undefined || Number.isNaN(ms)) return "–";
-  return `${new Date(ms).toISOString().slice(0, 16).replace("T", " ")} UTC`;
+  const text = new Date(ms).toISOString().slice(0, 16).replace("T", " ");
+  return zone ? `${text} UTC` : text;  // a column whose header says UTC leaves it out
 }
 
 /** Seconds the job has run (or ran), and an ETA from its progress rate. */
@@ -420,7 +421,7 @@ function jobsPage() {
         el("td", { "data-label": "Stage", class: "c-stage" }),
         el("td", { "data-label": "Progress" }, progressWidget(`Progress of job ${job.name || job.id}`)),
         el("td", { "data-label": "Owner", class: "c-owner" }),
-        el("td", { "data-label": "Created", class: "c-created" }),
+        el("td", { "data-label": "Created (UTC)", class: "c-created" }),
         el("td", { "data-label": "Elapsed", class: "num c-elapsed" }),
         el("td", { "data-label": "ETA", class: "num c-eta" }));
       rows.set(job.id, row);
@@ -439,14 +440,19 @@ function jobsPage() {
     // A failed job's reason where a running one shows its stage (the failed filter lists why).
     const stageCell = $(".c-stage", row);
     if (job.state === "failed") {
-      const reason = plainError(job.error || job.message);
-      stageCell.textContent = reason.message ? reason.message.slice(0, 120) : reason.headline;
-      stageCell.title = job.error || "";
+      // The kind in two words where it says something; the worker's own words otherwise.
+      const reason = plainError(job);
+      const known = job.error_kind !== "internal" && Object.hasOwn(ERROR_KINDS, job.error_kind || "");
+      stageCell.textContent = known ? job.error_kind.replaceAll("_", " ")
+        : reason.message ? reason.message.slice(0, 120) : reason.headline;
+      stageCell.title = [reason.headline, job.error].filter(Boolean).join("\n");
     } else {
       stageCell.textContent = TERMINAL.has(job.state) ? "–" : job.stage || "–";
     }
     $(".c-owner", row).textContent = job.owner;
-    $(".c-created", row).textContent = fmtDateTime(parseTime(job.created_at));
+    const createdCell = $(".c-created", row);
+    createdCell.textContent = fmtDateTime(parseTime(job.created_at), false);
+    createdCell.title = job.created_at;
     setProgress($(".progress", row), job);
     row.dataset.state = job.state;
     tick(job, row);
@@ -524,28 +530,37 @@ function jobsPage() {
 
 /* ---------- page: job detail ---------- */
 
-const PLAIN_ERRORS = [
-  [/out of memory|OutOfMemory|CUDA error: out of memory/i,
-   "The job ran out of memory. Try a smaller calibration budget, fewer samples, or a larger machine."],
-  [/timeout|timed out|JobTimeout/i, "The job ran longer than the service allows and was stopped."],
-  [/worker.*(died|lost|abandon)|abandoned|heartbeat/i,
-   "The worker running this job stopped unexpectedly, and the retries were used up."],
-  [/safetensors|HeaderTooLarge|deserializ|invalid load key|unpickling|corrupt/i,
-   "The model could not be loaded: its weight files look damaged or incomplete. Upload it again."],
-  [/not found|No such file|no file named|does not exist|FileNotFound/i,
-   "A file the job needed was not found: check the model name or path."],
-  [/offline|hub|huggingface\.co|couldn't connect/i,
-   "The model could not be fetched: the service has no internet access. Upload the model first."],
-  [/validation|ValidationError|invalid/i, "The recipe was not valid for this model."],
-];
+/** A failed job's `error_kind` (set by the worker from the exception's type, see
+ * worker/failures.py) in plain words. Never guessed from the message text: a message that
+ * happens to mention "hub" or "not found" must not change the headline. */
+const ERROR_KINDS = {
+  out_of_memory: "The job ran out of memory on its worker. Try a smaller calibration budget, fewer samples, or a larger machine.",
+  timeout: "The job ran longer than the service allows (JOB_TIMEOUT) and was stopped.",
+  worker_lost: "The worker running this job stopped unexpectedly, and the retries were used up.",
+  damaged_weights: "The model could not be loaded: its weight files look damaged or incomplete. Upload it again.",
+  unsupported_model: "This model's architecture is not supported: the installed transformers cannot build its model_type.",
+  not_found: "The model or a file the job needed was not found on the server: check the model name or path.",
+  offline: "The job tried to download something, and this service has no internet access. Upload the model first.",
+  refused: "The service refused something this job asked for (a file it may not read, or weights that contain code).",
+  invalid_recipe: "The recipe (or goal) does not fit this model.",
+  goal_not_met: "No candidate the search verified meets the goal: loosen the budget or allow more methods.",
+  numerical: "A method's math broke down on this model. Try more calibration samples or a larger dampening.",
+  internal: "The job failed.",
+};
 
-/** The record's `error` ("ExceptionType: message", from the worker) in plain words. */
-function plainError(error) {
-  let type = "", message = error || "";
-  const typed = /^([A-Za-z_][\w.]*): ([\s\S]*)$/.exec(message);
-  if (typed) { type = typed[1]; message = typed[2]; }
-  const hit = PLAIN_ERRORS.find(([pattern]) => pattern.test(`${type} ${message}`));
-  return { headline: hit ? hit[1] : "The job failed.", type, message };
+/** The record's failure: a headline from `error_kind`, and the worker's own `error` text
+ * ("ExceptionType: message") split into its type and message, shown below it. */
+function plainError(record) {
+  const error = record.error || record.message || "";
+  const colon = error.indexOf(": ");
+  const head = colon > 0 ? error.slice(0, colon) : "";
+  const isType = head !== "" && !head.includes(" ");
+  return {
+    headline: Object.hasOwn(ERROR_KINDS, record.error_kind || "") ? ERROR_KINDS[record.error_kind]
+      : ERROR_KINDS.internal,
+    type: isType ? head : "",
+    message: isType ? error.slice(colon + 2) : error,
+  };
 }
 
 async function jobPage() {
@@ -647,7 +662,7 @@ async function jobPage() {
     paintTimeline(record);
     const failure = $("#job-failure");
     if (record.state === "failed") {
-      const info = plainError(record.error || record.message);
+      const info = plainError(record);
       failure.replaceChildren(el("div", { class: "error-box", role: "alert" },
         el("p", {}, el("strong", { text: info.headline })),
         info.message ? el("p", { text: `What the worker said: ${info.message}` }) : null,

@@ -372,12 +372,14 @@ def test_models_upload_and_delete(alice: Any, stack: Any, screenshots: Path,
 
 def test_failed_job_explained(alice: Any, stack: Any, screenshots: Path,
                               tiny_llama_folder: Path, tmp_path: Path) -> None:
-    """A job whose model has damaged weights fails; the page says so in plain words."""
+    """A job whose model transformers cannot build (an unknown `model_type`: damaged weights
+    are refused at upload now) fails; the page says why in plain words, not "no internet"."""
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "model.safetensors"):
         (broken / name).write_bytes((tiny_llama_folder / name).read_bytes())
-    (broken / "model.safetensors").write_bytes(b"\xff" * 4096)  # not a safetensors file
+    config = json.loads((tiny_llama_folder / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "model_type": "nosuchmodel"}))
     archive = tmp_path / "broken.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(broken, arcname="broken")
@@ -400,7 +402,8 @@ def test_failed_job_explained(alice: Any, stack: Any, screenshots: Path,
     record = api.get(f"/jobs/{job_id}").json()
     assert record["state"] == "failed", record
     box = page.locator("#job-failure .error-box")
-    assert "weight files look damaged" in box.inner_text()
+    assert "architecture is not supported" in box.inner_text()
+    assert "internet" not in box.inner_text()
     worker_said = record["error"].split(": ", 1)[1]
     assert worker_said[:60] in box.inner_text()
     assert page.locator("#report-section").is_hidden()

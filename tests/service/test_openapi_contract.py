@@ -2,9 +2,11 @@
 against the real app and Redis (no worker: nothing runs), and every response must be
 documented, match its schema, and never be a 5xx.
 
-Bounded to stay cheap: a few examples per operation, the event streams (which never end by
-design) left out. The app has a key prefix and queue of its own, so the jobs it submits
-touch no other test.
+Two passes per operation: requests the schema allows, and requests it forbids (wrong types,
+out-of-range numbers, strings that break a `pattern`, such as a model name holding a NUL,
+bodies that are not UTF-8), which must be refused with a documented 4xx. Bounded to stay
+cheap: a few examples per operation, the event streams (which never end by design) left out.
+The app has a key prefix and queue of its own, so the jobs it submits touch no other test.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
+from hypothesis.errors import Unsatisfiable
 from redis import Redis
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 EXAMPLES = 12
+NEGATIVE_EXAMPLES = 6
 STREAMS = ("/api/v1/events", "/api/v1/jobs/{job_id}/events")
 
 
@@ -52,16 +57,21 @@ def test_every_response_is_documented_and_no_5xx(contract):
         operation = result.ok()
         if operation.path in STREAMS:
             continue
-        try:
-            _exercise(operation, key)
-        except Exception as exc:  # collect every operation's first failure, then report all
-            failures[operation.label] = str(exc)[:1500]
+        for mode, examples in ((GenerationMode.POSITIVE, EXAMPLES),
+                               (GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES)):
+            try:
+                _exercise(operation, key, mode, examples)
+            except Unsatisfiable:  # no input to get wrong (GET /healthz): nothing to refuse
+                assert mode is GenerationMode.NEGATIVE, operation.label
+            except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup is a
+                # BaseExceptionGroup: collect every operation's first failure, then report all
+                failures[f"{operation.label} ({mode.value})"] = str(exc)[:1500]
         tested += 1
     assert tested >= 15
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
 
 
-def _exercise(operation, key: str) -> None:
+def _exercise(operation, key: str, mode: GenerationMode, examples: int) -> None:
     """Run the generated cases of one operation with every check but the two noted."""
     # /readyz says 503 by design while no worker runs (none does here): documented, and its
     # body is still checked against the schema. A schema cannot say every rule (which models
@@ -72,8 +82,8 @@ def _exercise(operation, key: str) -> None:
     if operation.path == "/readyz":
         skipped.append(not_a_server_error)
 
-    @given(case=operation.as_strategy())
-    @hypothesis_settings(max_examples=EXAMPLES, deadline=None, database=None,
+    @given(case=operation.as_strategy(mode))
+    @hypothesis_settings(max_examples=examples, deadline=None, database=None,
                          phases=[Phase.explicit, Phase.generate],
                          suppress_health_check=list(HealthCheck))
     def exercise(case) -> None:

@@ -88,14 +88,21 @@ def test_job_succeeds_streams_events_and_downloads(client, keys, workers, tiny_m
 
 
 def test_failing_job_is_failed_once_not_retried(client, keys, workers, settings, tiny_model):
+    """A model only the job can find fault with (a `model_type` transformers cannot build;
+    damaged weights are refused at submission now) fails once, with its kind."""
+    import json
+    import shutil
+
     broken = settings.allowed_model_roots()[0] / "broken"
-    broken.mkdir(parents=True, exist_ok=True)
-    (broken / "config.json").write_text('{"model_type": "llama", "vocab_size": -5}')
-    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    if not broken.exists():
+        shutil.copytree(tiny_model, broken)
+        config = json.loads((broken / "config.json").read_text())
+        (broken / "config.json").write_text(json.dumps({**config, "model_type": "nosuchmodel"}))
     workers.start()
     job = submit(client, keys["alice"], model=str(broken))
     record = wait_state(client, keys["alice"], job["id"], ("failed", "succeeded"))
     assert record["state"] == "failed" and record["error"]
+    assert record["error_kind"] == "unsupported_model", record
     assert record["attempt"] == 1
     assert _artifact_entries(settings, job["id"]) == []
     assert wait_for(lambda: _rq_status(client, job["id"]) == "failed")  # `rq info` agrees

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from compressors.io.formats import MAX_SHARD, CheckpointFormat
-from compressors.io.loading import load_pretrained, read_json
+from compressors.io.loading import load_pretrained
+from compressors.io.model_files import CONFIG_FILE, model_json, optional_file
 from compressors.methods.gptq.quant_math import Grid, QuantizedWeight, codes_of
 from compressors.report.schema import CheckpointInfo
 
@@ -172,10 +173,9 @@ def save(model: nn.Module, folder: Path) -> CheckpointInfo | None:
 
 
 def is_compressed_tensors(folder: Path) -> bool:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
+    if optional_file(Path(folder), CONFIG_FILE) is None:
         return False
-    quant = read_json(path).get("quantization_config") or {}
+    quant = model_json(Path(folder), CONFIG_FILE).get("quantization_config") or {}
     return quant.get("quant_method") == FORMAT_NAME
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from compressors.engine.modules import is_causal_lm
 from compressors.io.formats import MAX_SHARD, OUR_LOADER, CheckpointFormat
 from compressors.io.loading import auto_class
+from compressors.io.model_files import model_file, model_json, optional_file
 from compressors.methods.lowrank.layers import install_empty, lowrank_layers
 from compressors.report.schema import CheckpointInfo
 
@@ -53,7 +54,7 @@ def save(model: nn.Module, folder: Path) -> CheckpointInfo | None:
 def _state_dict(folder: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for path in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(path)))
+        state.update(load_file(str(model_file(folder, path.name))))
     if not state:
         raise FileNotFoundError(f"{folder}: {FORMAT_FILE} present but no .safetensors weights")
     return state
@@ -62,12 +63,11 @@ def _state_dict(folder: Path) -> dict[str, torch.Tensor]:
 def load(folder: Path, dtype: torch.dtype | None) -> nn.Module | None:
     """A factorized checkpoint rebuilt with its LowRankLinear layers; None for other formats."""
     folder = Path(folder)
-    path = folder / FORMAT_FILE
-    if not path.is_file():
+    if optional_file(folder, FORMAT_FILE) is None:
         return None
-    spec = json.loads(path.read_text(encoding="utf-8"))
+    spec = model_json(folder, FORMAT_FILE)
     if spec.get("format") != FORMAT_NAME or spec.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a {FORMAT_NAME} v{FORMAT_VERSION} description")
+        raise ValueError(f"{FORMAT_FILE}: not a {FORMAT_NAME} v{FORMAT_VERSION} description")
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
