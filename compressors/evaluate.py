@@ -17,7 +17,7 @@ from compressors.engine.layers import dense_weight, is_packed, layer_tensors, we
 from compressors.engine.modules import find_blocks
 from compressors.engine.placement import placement_of
 from compressors.engine.sequential import BlockContext, for_each_block, sequential_forward
-from compressors.memory import LOGIT_CHUNK
+from compressors.recipe.protocol import LOGIT_CHUNK
 from compressors.report.schema import SparsityReport
 
 ProgressFn = Callable[[float, str], None]

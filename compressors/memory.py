@@ -27,11 +27,13 @@ from compressors.io.model_files import (
     model_config,
     tensor_sizes,
 )
-from compressors.methods import METHODS, MemoryNeeds
+from compressors.methods import METHODS
+from compressors.recipe.fields import TrainingConfig
+from compressors.recipe.protocol import LOGIT_CHUNK
+from compressors.recipe.step import MemoryNeeds, StepConfig
 
 GiB = 1024**3
 RUNTIME_BYTES = int(0.45 * GiB)  # Python + torch + transformers + tokenizer, measured
-LOGIT_CHUNK = 128  # positions per LM-head call when a model is evaluated block by block
 _BLOCK = re.compile(r"^(.*?)\.(\d+)\.")
 _RUN_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _CONFIG_DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2, "torch.float32": 4,
@@ -201,7 +203,7 @@ def estimate(shape: ModelShape | None, recipe: Any, run_bytes: int) -> Estimate:
         if needs.teacher:
             whole += weights
         if needs.training:
-            whole += _training_bytes(shape, step, needs.trained_share)
+            whole += _training_bytes(shape, step, needs)
         if needs.output_grams:
             whole += _output_gram_bytes(shape, cal.seqlen)
         if needs.reload:
@@ -219,10 +221,9 @@ def estimate(shape: ModelShape | None, recipe: Any, run_bytes: int) -> Estimate:
     return result
 
 
-def step_needs(step: Any, declared: MemoryNeeds) -> MemoryNeeds:
+def step_needs(step: StepConfig, declared: MemoryNeeds) -> MemoryNeeds:
     """The registry's needs, narrowed by the step's own settings where they say more."""
-    refine = getattr(step, "memory_needs", None)
-    return refine(declared) if refine is not None else declared
+    return step.memory_needs(declared)
 
 
 def _block_transient(shape: ModelShape, batch: int, seqlen: int, run_bytes: int) -> int:
@@ -258,13 +259,15 @@ def _mask_bytes(shape: ModelShape) -> int:
     return 6 * shape.blocks * shape.block_parameters
 
 
-def _training_bytes(shape: ModelShape, step: Any, trained_share: float) -> int:
+def _training_bytes(shape: ModelShape, step: StepConfig, needs: MemoryNeeds) -> int:
     """Activations a backward pass keeps (per block: ~20 hidden-wide and 4 MLP-wide tensors
     per token, plus the LM head's logits), and float32 gradients and AdamW state (3 copies) of
     the trained parameters, `trained_share` of the blocks' weights."""
-    tokens = getattr(step, "batch_size", 1) * getattr(step, "seqlen", 512)
+    trained_share = needs.trained_share
+    training = step if isinstance(step, TrainingConfig) else TrainingConfig()
+    tokens = training.batch_size * training.seqlen
     per_block = tokens * (20 * shape.hidden + 4 * shape.intermediate) * 4
-    if getattr(step, "gradient_checkpointing", False):
+    if needs.activations_checkpointed:
         per_block = tokens * shape.hidden * 4 * 2
     logits = 3 * tokens * shape.vocab * 4
     optimizer = int(3 * 4 * trained_share * shape.blocks * shape.block_parameters)
@@ -320,10 +323,9 @@ def choose_placement(estimate: Estimate, recipe: Any, limits: Limits, device_typ
     raise DoesNotFit(_explain(estimate, limits))
 
 
-def _refuses(step: Any, mode: str) -> bool:
+def _refuses(step: StepConfig, mode: str) -> bool:
     """The step says it cannot run with the model held `mode` (`placement_error`)."""
-    refuse = getattr(step, "placement_error", None)
-    return refuse is not None and refuse(mode) is not None
+    return step.placement_error(mode) is not None
 
 
 def _explain_forced(estimate: Estimate, mode: str, limits: Limits) -> str:

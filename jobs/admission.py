@@ -179,8 +179,7 @@ def model_kind_errors(folder: Path, recipe: Any) -> list[tuple[Location, str]]:
         return []
     errors: list[tuple[Location, str]] = []
     for index, step in enumerate(recipe.steps):
-        needs = getattr(step, "needs_causal_lm", None)
-        reason = needs() if needs is not None else None
+        reason = step.needs_causal_lm()
         if reason:
             field, why = reason
             errors.append((("steps", index, field),

@@ -110,7 +110,7 @@ def int_weights(bits: int, nm: tuple[int, int] | None = None) -> Check:
     an earlier pruning step are still there."""
 
     def check(model: nn.Module, report: dict[str, Any]) -> None:
-        from compressors.methods.gptq.quant_math import resolve_group_size
+        from compressors.ops.int_grid import resolve_group_size
 
         section = report["quantization"]
         requested = None if section["group_size"] == "auto" else section["group_size"]

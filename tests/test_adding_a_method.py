@@ -1,9 +1,9 @@
 """Adding a method touches one folder, the registry and the contract table, and nothing else.
 
 Shown on a copy of the tree: a toy method `halve` (scale the selected layers' weights by a
-factor) gets its folder, one import and one `Method` line in the registry, and one contract
-case; the recipe schema, the CLI listing and the whole contract check then know it, and no
-other file names it.
+factor) gets its folder (its config declaring its `METHOD`), one import line in the registry
+(and its name in the registry's tuple), and one contract case; the recipe schema, the CLI
+listing and the whole contract check then know it, and no other file names it.
 """
 
 from __future__ import annotations
@@ -22,12 +22,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from compressors.recipe.fields import LayerSelection, StepConfig
+from compressors.methods.method import Method
+from compressors.recipe.fields import LayerSelection
+from compressors.recipe.step import StepConfig
 
 
 class HalveConfig(StepConfig, LayerSelection):
     method: Literal["halve"] = "halve"
     factor: float = Field(0.5, gt=0.0, lt=1.0, description="scale of the weights, in (0, 1)")
+
+
+METHOD = Method("halve", HalveConfig, "scale weights")
 '''
 
 STEP = '''"""Scale the selected layers' weights."""
@@ -58,12 +63,13 @@ def _add_method(root: Path) -> None:
     (folder / "step.py").write_text(STEP)
     registry = root / "compressors" / "methods" / "__init__.py"
     text = registry.read_text()
-    anchor = "from compressors.methods.lowrank.config import LowRankConfig\n"
+    anchor = "from compressors.methods.lowrank.config import METHOD as LOWRANK\n"
+    assert anchor in text
     text = text.replace(anchor,
-                        anchor + "from compressors.methods.halve.config import HalveConfig\n")
-    anchor = "    for method in [\n"
-    text = text.replace(anchor, anchor + '        Method("halve", HalveConfig, "scale weights"),\n')
-    registry.write_text(text)
+                        anchor + "from compressors.methods.halve.config import METHOD as HALVE\n")
+    anchor = "GPTQ, RTN, LOWRANK)"
+    assert anchor in text
+    registry.write_text(text.replace(anchor, "GPTQ, RTN, LOWRANK, HALVE)"))
     cases = root / "tests" / "contract_cases.py"
     text = cases.read_text()
     anchor = "CASES: dict[str, list[ContractCase]] = {\n"

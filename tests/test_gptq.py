@@ -15,15 +15,9 @@ from pydantic import ValidationError
 import compressors
 from compressors.engine.context import StepContext
 from compressors.engine.modules import select_layers
+from compressors.io.compressed_tensors import QUANT_ATTR
 from compressors.io.loading import save_checkpoint
-from compressors.methods.gptq.checkpoint import QUANT_ATTR
 from compressors.methods.gptq.config import GPTQConfig
-from compressors.methods.gptq.quant_math import (
-    Grid,
-    relative_error,
-    resolve_group_size,
-    rtn_quantize,
-)
 from compressors.methods.gptq.step import run as run_gptq
 from compressors.methods.gptq.sweep import gptq_quantize
 from compressors.methods.rtn.config import RTNConfig
@@ -31,6 +25,12 @@ from compressors.methods.rtn.step import run as run_rtn
 from compressors.methods.sparsegpt.config import SparseGPTConfig
 from compressors.methods.sparsegpt.step import run as run_sparsegpt
 from compressors.ops.hessian import activation_order, factor_hessian
+from compressors.ops.int_grid import (
+    Grid,
+    relative_error,
+    resolve_group_size,
+    rtn_quantize,
+)
 from compressors.ops.masks import nm_groups_valid
 from compressors.recipe import parse_recipe
 from tests.conftest import SMALL_CALIBRATION, SMALL_EVALUATION, tiny_model

@@ -311,13 +311,13 @@ def test_every_file_a_loader_opens_came_from_model_file(loader: str, tmp_path: P
     tensors = _load_all(folder / "model.safetensors")
     (folder / "model.safetensors").unlink()
     names = sorted(tensors)
-    halves = {"model-00001-of-00002.safetensors": names[::2],
+    shard_names = {"model-00001-of-00002.safetensors": names[::2],
               "model-00002-of-00002.safetensors": names[1::2]}
-    for file, part in halves.items():
+    for file, part in shard_names.items():
         save_file({n: tensors[n].contiguous() for n in part}, str(folder / file),
                   metadata={"format": "pt"})
     (folder / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": {
-        n: file for file, part in halves.items() for n in part}}))
+        n: file for file, part in shard_names.items() for n in part}}))
     del tensors
     torch.manual_seed(0)
     returned: set[Path] = set()

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from compressors.methods import METHODS, import_object
+
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 
 
@@ -47,8 +49,6 @@ DENSE = LayerKind("dense", lambda m: isinstance(m, LINEAR_TYPES), _dense_weight)
 @lru_cache(maxsize=1)
 def layer_kinds() -> tuple[LayerKind, ...]:
     """Every registered kind, the methods' first (they may subclass nn.Linear)."""
-    from compressors.methods import METHODS, import_object
-
     found = [import_object(ref) for m in METHODS.values() for ref in m.layer_kinds]
     return (*found, DENSE)
 

@@ -2,7 +2,8 @@
 load it.
 
 The plain format is transformers' own (`save_pretrained` / `from_pretrained`). Methods bring the
-others and declare them in the registry (`Method.formats`); each one says, when it saves a
+others and declare them in the registry (`Method.formats`; a format several methods write, such
+as compressed-tensors, lives in `io/` and each of them declares it); each one says, when it saves a
 model, whether the result needs `compressors.load` or loads with stock transformers, and how
 (`SavedCheckpoint`), which goes into the report and the model card. `compressors.load` tries
 every format's `load` before falling back to transformers, so it stays the one public loader
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compressors.methods import METHODS, import_object
 from compressors.report.schema import CheckpointInfo
 
 MAX_SHARD = "2GB"
@@ -47,10 +49,10 @@ class CheckpointFormat:
 
 @lru_cache(maxsize=1)
 def formats() -> tuple[CheckpointFormat, ...]:
-    """The methods' formats, imported on first use (they may need bitsandbytes)."""
-    from compressors.methods import METHODS, import_object
-
-    return tuple(import_object(ref) for m in METHODS.values() for ref in m.formats)
+    """The methods' formats, imported on first use (they may need bitsandbytes); a format
+    several methods write (compressed-tensors) is declared by each and listed once."""
+    references = dict.fromkeys(ref for m in METHODS.values() for ref in m.formats)
+    return tuple(import_object(ref) for ref in references)
 
 
 def save_plain(model: nn.Module, folder: Path) -> CheckpointInfo:

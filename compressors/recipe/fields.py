@@ -1,4 +1,4 @@
-"""The base of every recipe step's config, and the field types several steps share.
+"""The field types several recipe steps share (the step contract itself is `recipe.step`).
 
 Torch-free: the API validates recipes with these and never loads a model. Every step config is
 strict (`"0.5"` is not a float, `true` is not an int), frozen, and forbids unknown keys, so a
@@ -23,30 +23,18 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from compressors.recipe import patterns
+from compressors.recipe.step import StepConfig, WeightForm
 
 MAX_SEED = 2**32 - 1
 MAX_GROUP = 256  # the largest M of an N:M pattern (hardware patterns are 2:4, 4:8)
 MAX_LAYER_PATTERNS = 64
 MAX_REGEX_LENGTH = 512
 _NM = re.compile(r"^(\d{1,3}):(\d{1,3})$")
-
-WeightForm = Literal["dense", "factorized", "quantized"]
-
-
-class StepConfig(BaseModel):
-    """A recipe step. Subclasses set `method: Literal[...]` (the discriminator)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    def weights_after(self) -> WeightForm:
-        """The form this step leaves the targeted weights in; the recipe's order rules compare
-        it with what the next step accepts (`methods.Method.accepts`)."""
-        return "dense"
-
 
 def parse_nm(pattern: str) -> tuple[int, int] | None:
     """`"unstructured"` -> None; `"N:M"` -> (N, M): keep at most N nonzeros in each M-group."""
@@ -239,3 +227,51 @@ class TrainingConfig(BaseModel):
     @property
     def warmup_steps(self) -> int:
         return min(self.warmup, self.train_steps)
+
+
+GroupSize = Literal[-1, 32, 64, 128, 256]
+
+
+class WeightGridConfig(StepConfig, LayerSelection):
+    """Integer weight-only quantization of Linear layers, one scale per group of inputs.
+
+    Layers are chosen like every other step's (`include` / `exclude`; default: every Linear in
+    the transformer blocks, never embeddings or the LM head). Runs last: only evaluation may
+    follow. Pruned zeros stay exactly zero (zero is always on the grid).
+    """
+
+    bits: Literal[4, 8] = Field(4, description="bits per weight code: 4 (W4A16) or 8 (W8A16)")
+    group_size: GroupSize | None = Field(
+        None, description="inputs per scale: 32/64/128/256 (must divide every targeted layer's "
+        "in_features, else the job fails naming the layer), -1 one scale per output channel, "
+        "unset (auto): 128 where it divides a layer's width, else the largest power of two "
+        "below 128 that does (SmolLM2's 576 -> 64), per channel if that is under 32")
+    symmetric: bool = Field(
+        True, description="symmetric grid (zero point 0, what vLLM's W4A16/W8A16 kernels "
+        "take); false (a zero point per group) is refused for now: compressed-tensors 0.20 "
+        "reloads packed zero points with the wrong shape, so such a checkpoint would not load")
+    clip_search: bool = Field(
+        True, description="choose each group's scale by searching shrink factors of its range "
+        "for the least error (GPTQ: weighted by the Hessian diagonal); false: plain min-max")
+    scale_dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="dtype the scales are stored in (float16: what vLLM's kernels "
+        "take)")
+
+    @field_validator("symmetric")
+    @classmethod
+    def _loadable(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("false is not offered: compressed-tensors 0.20 reloads packed "
+                             "asymmetric zero points with the wrong shape (the checkpoint "
+                             "would not load); use symmetric: true")
+        return value
+
+    def weights_after(self) -> WeightForm:
+        return "quantized"
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: `gptq w4 g64`, `rtn w8 ch`, ..."""
+        group = "auto" if self.group_size is None else (
+            "ch" if self.group_size == -1 else f"g{self.group_size}")
+        return f"{self.method} w{self.bits} {group}" + ("" if self.symmetric else " asym")

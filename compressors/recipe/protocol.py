@@ -17,6 +17,9 @@ from compressors.recipe.text import CALIBRATION_TEXT, EVALUATION_TEXT, TextRef
 # the workers' advertised limits) bounds them further per model and worker.
 MAX_CALIBRATION_TOKENS = 1024 * 2048
 MAX_EVALUATION_TOKENS = 2048 * 2048
+# Positions per LM-head call when a model is evaluated block by block: the evaluation runs the
+# head this many positions at a time and the memory estimate counts their logits.
+LOGIT_CHUNK = 128
 
 
 class CalibrationConfig(BaseModel):

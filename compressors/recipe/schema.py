@@ -62,8 +62,7 @@ class Recipe(BaseModel):
             if after != form:
                 form, made_by = after, index
         for index, step in enumerate(self.steps):
-            refuse = getattr(step, "placement_error", None)
-            message = refuse(self.placement) if refuse is not None else None
+            message = step.placement_error(self.placement)
             if message:
                 raise ValueError(f"placement: steps.{index} ({step.method}): {message}")
         if self.placement == "streamed":

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compressors.methods.perp.config import PerpConfig
+from compressors.methods import PerpConfig
 from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
 from compressors.search.operations import OPERATIONS
 

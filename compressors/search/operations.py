@@ -98,7 +98,7 @@ def layer_bytes(method: str | None, level: str, rows: int, cols: int, dtype: str
 def gptq_group_size(level: str, cols: int) -> int:
     """The group size the search's gptq steps use at `level` (-1: per output channel): int8
     per channel (within 0.06% of fp32 on SmolLM2), int4 the step's auto size."""
-    from compressors.methods.gptq.quant_math import resolve_group_size  # torch: worker side
+    from compressors.ops.int_grid import resolve_group_size  # torch: worker side
 
     return -1 if level == "int8" else resolve_group_size(cols, None)
 

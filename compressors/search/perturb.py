@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from compressors.methods.gptq.quant_math import Grid, rtn_quantize
+from compressors.ops.int_grid import Grid, rtn_quantize
 from compressors.ops.masks import row_mask, wanda_scores
 from compressors.search.operations import GPTQ_BITS, NF4_BLOCK, gptq_group_size, level_sparsity
 

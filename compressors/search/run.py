@@ -38,8 +38,7 @@ import torch
 from compressors.engine.windows import calibration_windows, evaluation_windows
 from compressors.evaluate import perplexity
 from compressors.io.loading import load_model, resolve_model, size_on_disk
-from compressors.methods import METHODS, import_object
-from compressors.methods.perp.config import PerpConfig
+from compressors.methods import METHODS, PerpConfig, import_object
 from compressors.pipeline import compress
 from compressors.progress import ProgressCallback, ProgressEvent
 from compressors.publish import MANIFEST_FILE, check_destination, staging_folder

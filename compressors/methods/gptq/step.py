@@ -20,18 +20,18 @@ import torch
 from torch import nn
 
 from compressors.engine.context import StepContext, StepResult
-from compressors.engine.sequential import BlockContext, run_sequential
-from compressors.methods.gptq.apply import (
+from compressors.engine.quantization import (
     QuantRecord,
     grid_for,
     keep_mask,
     skipped_layers,
     target_layers,
 )
+from compressors.engine.sequential import BlockContext, run_sequential
 from compressors.methods.gptq.config import GPTQConfig
-from compressors.methods.gptq.quant_math import Grid, QuantizedWeight
 from compressors.methods.gptq.sweep import gptq_quantize
 from compressors.ops.hessian import HessianAccumulator, HessianFactor, one_thread
+from compressors.ops.int_grid import Grid, QuantizedWeight
 
 
 def _stacked(layers: dict[str, nn.Module], keeps: dict[str, torch.Tensor | None]

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import torch
 
-from compressors.methods.gptq.quant_math import (
+from compressors.ops.hessian import HessianFactor, one_thread
+from compressors.ops.int_grid import (
     Grid,
     QuantizedWeight,
     all_group_params,
     group_params,
 )
-from compressors.ops.hessian import HessianFactor, one_thread
 
 
 def _sweep_block(

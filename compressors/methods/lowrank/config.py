@@ -8,15 +8,14 @@ name and the allowed range. The optimizer fields are the shared `TrainingConfig`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from compressors.recipe.fields import LayerSelection, StepConfig, TrainingConfig, WeightForm
+from compressors.methods.method import Method
+from compressors.recipe.fields import LayerSelection, TrainingConfig
+from compressors.recipe.step import MemoryNeeds, StepConfig, WeightForm
 from compressors.recipe.text import TextRef
-
-if TYPE_CHECKING:  # pragma: no cover
-    from compressors.methods import MemoryNeeds
 
 RANK_FIELDS = ("ratio", "rank", "energy", "target_params")
 
@@ -193,3 +192,18 @@ class LowRankConfig(StepConfig, LayerSelection, TrainingConfig):
                     f"whole model and cannot run {placement}; use weighting: activations "
                     "or placement in_memory")
         return None
+
+
+METHOD = Method(
+    "lowrank", LowRankConfig,
+    "low-rank factorization of Linear layers: SVD whitened by each layer's inputs "
+    "(SVD-LLM) and weighted by the loss gradients at its outputs (Kronecker-factored "
+    "Fisher), block by block, ranks allocated by predicted loss, then PELA training "
+    "against the frozen original (distillation + perturbation)",
+    needs_calibration=True, section="lowrank",
+    charts=("ranks", "lowrank-error", "pela-loss"),
+    leaves_hint="its factors are not Linear weights a quantizer can take: set "
+    "export_dense: true on the lowrank step to hand dense weights on",
+    memory=MemoryNeeds(hessians=True, teacher=True, training=True),
+    formats=("compressors.methods.lowrank.checkpoint:FORMAT",),
+    layer_kinds=("compressors.methods.lowrank.layers:LAYER_KIND",))

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from compressors.methods.method import Method
 from compressors.recipe.fields import PruningConfig
 
 
@@ -16,3 +17,9 @@ class MagnitudeConfig(PruningConfig):
     scope: Literal["matrix", "row"] = Field(
         "matrix", description="compare weights across the whole matrix or within each row"
     )
+
+
+METHOD = Method(
+    "magnitude", MagnitudeConfig,
+    "prune the smallest |W| per matrix or per row; unstructured or N:M",
+    blockwise=True)

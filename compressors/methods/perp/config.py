@@ -8,11 +8,14 @@ fields (train_steps, lr, warmup, schedule, batch_size, seqlen, seed) are the sha
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from compressors.recipe.fields import StepConfig, TrainingConfig
+from compressors.methods.method import Method
+from compressors.recipe.fields import TrainingConfig
+from compressors.recipe.step import MemoryNeeds, StepConfig
 from compressors.recipe.text import PYDOC_TOPICS, TextRef
 
 Mode = Literal["norms", "masklora", "scalelora", "lora"]
@@ -65,6 +68,11 @@ class PerpConfig(StepConfig, TrainingConfig):
         "text; pydoc:topics = the Python language reference shipped with the stdlib",
     )
 
+    def memory_needs(self, declared: MemoryNeeds) -> MemoryNeeds:
+        """Gradient checkpointing keeps one hidden state per block instead of the whole
+        backward pass's activations."""
+        return replace(declared, activations_checkpointed=self.gradient_checkpointing)
+
     def needs_causal_lm(self) -> tuple[str, str] | None:
         """(field, why): PERP needs the model's next-token loss, in both objectives (the
         step refuses a model without an LM head; submission checks the model's config)."""
@@ -76,3 +84,11 @@ class PerpConfig(StepConfig, TrainingConfig):
         if self.lm_head_adapter and self.objective != "lm":
             raise ValueError("lm_head_adapter: only with objective 'lm' (reconstruct is per block)")
         return self
+
+
+METHOD = Method(
+    "perp", PerpConfig,
+    "PERP: retrain biases, norms and mask-keeping LoRA after pruning; sparsity "
+    "stays exact",
+    stage="retraining", section="retraining", charts=("perp-loss",),
+    uses_masks=True, memory=MemoryNeeds(training=True))

@@ -6,18 +6,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from compressors.recipe.fields import (
-    LayerSelection,
-    StepConfig,
-    WeightForm,
-    int_choice,
-    rename_deprecated,
-)
+from compressors.methods.method import Method
+from compressors.recipe.fields import LayerSelection, int_choice, rename_deprecated
+from compressors.recipe.step import MemoryNeeds, StepConfig, WeightForm
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-    from compressors.methods import MemoryNeeds
 
 
 class QuantizeConfig(StepConfig, LayerSelection):
@@ -89,3 +83,14 @@ class QuantizeConfig(StepConfig, LayerSelection):
         if self.lorc_rank:
             name += f"+lorc{self.lorc_rank}"
         return name
+
+
+METHOD = Method(
+    "quantize", QuantizeConfig,
+    "bitsandbytes int8 (LLM.int8) / nf4 / fp4 weights, optional LoRC error "
+    "correction",
+    stage="quantizing", section="quantization",
+    leaves_hint="quantized weights are final: put quantize last",
+    memory=MemoryNeeds(reload=True),
+    formats=("compressors.methods.quantize.checkpoint:FORMAT",),
+    layer_kinds=("compressors.methods.quantize.layers:LAYER_KIND",))

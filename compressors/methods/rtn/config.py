@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from compressors.methods.gptq.config import WeightGridConfig
+from compressors.methods.method import Method
+from compressors.recipe.fields import WeightGridConfig
 
 
 class RTNConfig(WeightGridConfig):
@@ -12,3 +13,13 @@ class RTNConfig(WeightGridConfig):
     with, in the same compressed-tensors format."""
 
     method: Literal["rtn"] = "rtn"
+
+
+METHOD = Method(
+    "rtn", RTNConfig,
+    "round-to-nearest int4/int8 weights in groups (the GPTQ baseline); "
+    "compressed-tensors checkpoint",
+    stage="quantizing", section="quantization", charts=("quantization-error",),
+    uses_masks=True, blockwise=True,
+    leaves_hint="quantized weights are final: put rtn last",
+    formats=("compressors.io.compressed_tensors:FORMAT",))

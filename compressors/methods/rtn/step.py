@@ -13,17 +13,17 @@ import torch
 from torch import nn
 
 from compressors.engine.context import StepContext, StepResult
-from compressors.engine.sequential import BlockContext, run_blockwise
-from compressors.methods.gptq.apply import (
+from compressors.engine.quantization import (
     QuantRecord,
     grid_for,
     keep_mask,
     skipped_layers,
     target_layers,
 )
-from compressors.methods.gptq.quant_math import rtn_quantize
+from compressors.engine.sequential import BlockContext, run_blockwise
 from compressors.methods.rtn.config import RTNConfig
 from compressors.ops.hessian import one_thread
+from compressors.ops.int_grid import rtn_quantize
 
 
 def run(model: nn.Module, config: RTNConfig, context: StepContext) -> StepResult:

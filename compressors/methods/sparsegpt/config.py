@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from compressors.methods.method import Method
 from compressors.recipe.fields import PruningConfig
+from compressors.recipe.step import MemoryNeeds
 
 
 class SparseGPTConfig(PruningConfig):
@@ -37,3 +39,10 @@ class SparseGPTConfig(PruningConfig):
                 f"pattern {self.pattern}"
             )
         return self
+
+
+METHOD = Method(
+    "sparsegpt", SparseGPTConfig,
+    "SparseGPT: OBS pruning with weight reconstruction from each layer's Hessian "
+    "(Frantar & Alistarh 2023); unstructured or N:M",
+    needs_calibration=True, blockwise=True, memory=MemoryNeeds(hessians=True))

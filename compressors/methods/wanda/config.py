@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from compressors.methods.method import Method
 from compressors.recipe.fields import PruningConfig
 
 
@@ -11,3 +12,9 @@ class WandaConfig(PruningConfig):
     """Pruning by weights and activations; needs calibration text, no weight update."""
 
     method: Literal["wanda"] = "wanda"
+
+
+METHOD = Method(
+    "wanda", WandaConfig,
+    "prune by |W|·‖X‖₂ within each output row (Sun et al. 2023); unstructured or N:M",
+    needs_calibration=True, blockwise=True)

@@ -11,9 +11,8 @@ from torch import nn
 
 from compressors.engine.context import StepContext
 from compressors.engine.modules import linear_layers, select_layers
-from compressors.methods.gptq.checkpoint import FORMAT_NAME, QUANT_FORMAT, install
-from compressors.methods.gptq.config import WeightGridConfig
-from compressors.methods.gptq.quant_math import (
+from compressors.io.compressed_tensors import FORMAT_NAME, QUANT_FORMAT, install
+from compressors.ops.int_grid import (
     STORAGE_DTYPES,
     Grid,
     QuantizedWeight,
@@ -21,6 +20,7 @@ from compressors.methods.gptq.quant_math import (
     relative_error,
     resolve_group_size,
 )
+from compressors.recipe.fields import WeightGridConfig
 from compressors.report.charts import layer_chart
 from compressors.report.schema import Chart
 

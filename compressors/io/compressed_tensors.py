@@ -1,4 +1,4 @@
-"""The compressed-tensors checkpoint of GPTQ / RTN models (pack-quantized, W4A16 / W8A16).
+"""The compressed-tensors checkpoint of integer-quantized models (pack-quantized, W4A16 / W8A16).
 
 After a `gptq` or `rtn` step every quantized Linear holds its dequantized weight (what the
 model computes with, so evaluation needs no special kernels) plus a `LayerQuant` (scales, zero
@@ -10,8 +10,8 @@ vLLM and llm-compressor read (`quant_method: compressed-tensors`, `format: pack-
 
 The in-memory weights are computed by compressed-tensors' own `dequantize`, the function its
 loaders call, so `AutoModelForCausalLM.from_pretrained(out)` (which decompresses on CPU) and
-`compressors.load(out)` give back exactly the model that was evaluated. Declared in the
-registry as the `gptq` method's format; `rtn` writes the same.
+`compressors.load(out)` give back exactly the model that was evaluated. A format several
+methods write (`gptq`, `rtn`): each declares it in its `METHOD.formats`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 from compressors.io.formats import MAX_SHARD, CheckpointFormat
 from compressors.io.loading import load_pretrained
 from compressors.io.model_files import CONFIG_FILE, model_json, optional_file
-from compressors.methods.gptq.quant_math import Grid, QuantizedWeight, codes_of
+from compressors.ops.int_grid import Grid, QuantizedWeight, codes_of
 from compressors.report.schema import CheckpointInfo
 
 QUANT_ATTR = "compressors_quant"

@@ -1,0 +1,104 @@
+"""What a method declares about itself: `Method`, the facts its settings do not change.
+
+Each method's folder declares its `Method` at the bottom of its torch-free `config.py`, beside
+the config class (whose hooks, `recipe.step.StepConfig`, answer the questions that depend on
+its settings); the registry (`methods/__init__.py`) only collects them. Everything a method
+brings beyond its config (its step function, checkpoint formats, layer kinds, search
+operations) is named as "module:attribute" and imported on first use, so listing methods and
+validating recipes (the API) never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from compressors.recipe.step import MemoryNeeds, StepConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from compressors.engine.context import StepContext, StepResult
+
+STAGES = ("compressing", "retraining", "quantizing")
+
+
+def import_object(reference: str) -> Any:
+    """The object a "module:attribute" reference names."""
+    module, attribute = reference.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """How the goal-driven search may use a method on one layer (`compressors.search`).
+
+    - `levels`: what a layer can be turned into besides staying dense ("int8", "s0.5", ...).
+    - `mixed_levels`: one recipe step can give different layers different levels; when False
+      (one `bits` per step) each level is its own family and a layer chooses between that
+      level and dense.
+    - `saves_bytes`: the stored checkpoint gets smaller (pruned zeros are stored: it does not).
+    - `layer_bytes`: "module:function" `(level, rows, cols, dtype) -> float`, the stored bytes
+      of one `[rows, cols]` weight at a level; torch-free.
+    - `perturb`: "module:function" `(weight, level, input_sq_norms) -> weight`, the method's
+      cheap stand-in on one weight for the sensitivity pass (pure tensor math).
+    - `step`: "module:function" `(choices, level) -> step dict | None`, an allocation written
+      back as an ordinary recipe step (`level` is None for mixed-level methods).
+    - `needs_input_norms`: `perturb` uses the layer's input norms (Wanda-style scores).
+    - `note`: what a user should know about the approximation.
+    """
+
+    levels: tuple[str, ...]
+    mixed_levels: bool
+    saves_bytes: bool
+    layer_bytes: str
+    perturb: str
+    step: str
+    needs_input_norms: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method and its facts.
+
+    - `stage`: the job stage shown while it runs (one of `STAGES`).
+    - `accepts`: the forms of weights it can work on ("dense", "factorized", "quantized");
+      each config's `weights_after()` says what form it leaves. The recipe checks the chain.
+    - `leaves_hint`: what to tell a user whose next step cannot take what this one leaves.
+    - `section`: the top-level report key its step writes (None: only its step entry).
+    - `charts`: ids of the charts its step may add to the report (the dashboard draws any).
+    - `formats`, `layer_kinds`: "module:attribute" of the checkpoint formats and layer kinds it
+      brings (`io.formats`, `engine.layers` collect them from the registry).
+    - `uses_masks`: it must preserve the keep-masks of earlier pruning steps exactly, so they
+      record them (`StepContext.masks`).
+    - `blockwise`: it touches the model only through `engine.sequential` (one block at a time),
+      so it runs onloaded and streamed; other steps need the whole model at once.
+    - `memory`: its worst case besides the model, for the memory estimate (a config narrows
+      it with `StepConfig.memory_needs`).
+    - `search`: how the goal-driven search may use it; None: the search does not.
+    """
+
+    name: str
+    config: type[StepConfig]
+    summary: str
+    stage: str = "compressing"
+    needs_calibration: bool = False
+    accepts: frozenset[str] = frozenset({"dense"})
+    leaves_hint: str | None = None
+    section: str | None = None
+    charts: tuple[str, ...] = ()
+    formats: tuple[str, ...] = ()
+    layer_kinds: tuple[str, ...] = ()
+    uses_masks: bool = False
+    blockwise: bool = False
+    memory: MemoryNeeds = field(default_factory=MemoryNeeds)
+    search: SearchSpace | None = None
+
+    @property
+    def step(self) -> str:
+        return f"compressors.methods.{self.name}.step:run"
+
+    def run(self, model: nn.Module, config: Any, context: StepContext) -> StepResult:
+        return import_object(self.step)(model, config, context)
