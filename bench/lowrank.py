@@ -126,7 +126,7 @@ def run_one(args: argparse.Namespace, model_name: str, row_name: str, keep: floa
     )
     config = _config(args, ROWS[row_name], keep, encoder)
     began = time.perf_counter()
-    section = run_lowrank(loaded.model, config, context).section
+    section = run_lowrank(loaded.model, config, context).section.model_dump(mode="json")
     seconds = time.perf_counter() - began
     result = {"row": row_name, "keep": keep, "seconds": seconds,
               "seconds_train": (section["train"] or {}).get("seconds", 0.0)}

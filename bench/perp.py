@@ -86,7 +86,7 @@ def run_mode(job: dict) -> dict:
     after = current_masks(loaded.model, context)
     assert all(torch.equal(masks[n], after[n]) for n in masks), "masks changed"
     ppl, second = _ppl_pair(loaded.model, context, config.second_text)
-    section = result.section
+    section = result.section.model_dump(mode="json")
     train = section["train"]
     return {"ppl": ppl, "second": second, "trainable_percent": section["trainable_percent"],
             "seconds": section["seconds"], "steps": section["steps"],

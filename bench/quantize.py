@@ -93,7 +93,7 @@ def quantize(model, context, **options) -> tuple[Any, float, dict]:
 
     config = QuantizeConfig(**options)
     result = run_quantize(model, config, context)
-    section = result.section
+    section = result.section.model_dump(mode="json")
     return result.model, section["quantize_seconds"], section
 
 
@@ -253,7 +253,7 @@ def _run_steps(model, steps: list[dict[str, Any]], context) -> tuple[Any, dict, 
         seconds[step.method] = time.perf_counter() - began
         model = result.model or model
         if result.section is not None:
-            sections[step.method] = result.section
+            sections[step.method] = result.section.model_dump(mode="json")
     return model, seconds, sections
 
 

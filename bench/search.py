@@ -142,7 +142,7 @@ def main() -> None:
             try:
                 result = run_search(source, goal, work / f"goal-{name}", overwrite=True,
                                     cache=cache, progress=_printer(name))
-                search, report = result.search, result.report
+                search = result.search.model_dump(mode="json")
                 chosen = search["candidates"][search["chosen"]]["final"]
                 results[name] = {"final": chosen, "recipe": result.recipe,
                                  "seconds": time.perf_counter() - start,
@@ -155,10 +155,10 @@ def main() -> None:
                 keep.mkdir(parents=True, exist_ok=True)
                 svg = (work / f"goal-{name}" / "pareto.svg").read_bytes()
                 (keep / "pareto.svg").write_bytes(svg)
-                (keep / "search.json").write_text(json.dumps(report["search"], indent=1))
+                (keep / "search.json").write_text(json.dumps(search, indent=1))
             except GoalNotMet as error:
                 results[name] = {"error": str(error), "seconds": time.perf_counter() - start}
-                lines += _candidate_table(name, error.search)
+                lines += _candidate_table(name, error.search.model_dump(mode="json"))
                 lines.append(f"\n{name}: {error}")
     lines = _headline(results, cache, args, second_text_perplexity(source)) + lines
     lines.append(f"\ntotal {time.perf_counter() - began:.0f} s; load average "

@@ -84,12 +84,13 @@ def _search(args: argparse.Namespace) -> int:
         return 3
     finally:
         bars.close()
-    final = result.search["candidates"][result.search["chosen"]]["final"]
+    final = result.search.chosen_final()
     print(f"chosen recipe (re-submit as is: {args.out}/recipe.json):")
     print(json.dumps(result.recipe, indent=2))
-    print(f"perplexity {final['perplexity']:.3f} ({final['perplexity_ratio']:.4f}x dense), "
-          f"size {final['size_bytes'] / 1e6:.1f} MB; search {result.search['seconds']:.0f} s; "
-          f"Pareto plot: {args.out}/pareto.svg")
+    if final is not None and final.perplexity and final.perplexity_ratio and final.size_bytes:
+        print(f"perplexity {final.perplexity:.3f} ({final.perplexity_ratio:.4f}x dense), "
+              f"size {final.size_bytes / 1e6:.1f} MB; search {result.search.seconds:.0f} s; "
+              f"Pareto plot: {args.out}/pareto.svg")
     return 0
 
 

@@ -281,7 +281,7 @@ class _Run:
             charts.extend(result.charts)
             section = get_method(entry.method).section
             if section is not None and result.section is not None:
-                sections[section] = result.section
+                sections[section] = result.section.model_dump(mode="json")
         peak = peak_rss_bytes()
         return CompressionReport(
             base_model=model_name, recipe=self.recipe.to_json_dict(), steps=steps,

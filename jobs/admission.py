@@ -1,13 +1,17 @@
 """Admission: what submission checks beyond the recipe's own validation, before a job queues.
 
-Three things a recipe cannot know alone, read without torch and without loading a model:
+Three things a job cannot know alone, read without torch and without loading a model, each
+checked by one function for a recipe job and a goal job alike (a goal answers with the
+recipes its search will run, each part located in the goal: `jobs.spec`):
 
-- its layer selection must match layers of *this* model (`include: ["zzzz"]` would change
-  nothing, and a job that changes nothing is an error), read from the safetensors headers;
-- settings that need a next-token loss (low-rank `weighting: fisher`) need a model whose
-  config.json declares a causal-LM architecture;
+- a step's layer selection must match layers of *this* model (`include: ["zzzz"]` would
+  change nothing, and a job that changes nothing is an error), read from the safetensors
+  headers;
+- what needs a next-token loss (low-rank `weighting: fisher`, PERP, a goal, whose search
+  ranks candidates by perplexity) needs a model whose config.json declares a causal-LM
+  architecture;
 - the job must fit a worker: the memory estimate (`compressors.memory`) of this model and
-  recipe, against the largest limits a live worker advertises (its RAM, cgroup limit and
+  each recipe, against the largest limits a live worker advertises (its RAM, cgroup limit and
   WORKER_MEMORY_LIMIT, written beside its heartbeat), so `samples: 1024, seqlen: 8192` on a
   model too large for them is a 422 naming the bytes instead of a job that dies of OOM.
 
@@ -36,9 +40,11 @@ from compressors.io.model_files import (
     tensor_sizes,
 )
 from compressors.memory import DoesNotFit, GiB, Limits, choose_placement, estimate_source
-from compressors.recipe import Recipe, patterns
+from compressors.recipe import patterns
+from compressors.recipe.schema import PlannedRecipe
 from compressors.recipe.text import Location
 from jobs.settings import Settings
+from jobs.spec import JobSpec
 
 _BLOCK = re.compile(r"^(.*?)\.(\d+)\.")
 MAX_HEADER_BYTES = 16 * 1024**2  # all of a model's safetensors headers: 100k tensors ~ 15 MB
@@ -136,17 +142,17 @@ def _selected(step: Any, names: list[str], inside: list[str]) -> bool:
     return any(not any(patterns.search_any(exclude, s) for s in _spellings(n)) for n in chosen)
 
 
-def layer_errors(folder: Path, recipe: Any) -> list[tuple[Location, str]]:
+def layer_errors(folder: Path, run: PlannedRecipe) -> list[tuple[Location, str]]:
     """Steps whose include/exclude leaves no layer of this model."""
     names, inside = _layer_names(folder)
     if not names:
         return []
     errors: list[tuple[Location, str]] = []
-    for index, step in enumerate(recipe.steps):
+    for at, step in zip(run.steps_at, run.recipe.steps, strict=True):
         if not hasattr(step, "include") or not (step.include or step.exclude):
             continue
         if not _selected(step, names, inside):
-            errors.append((("steps", index, "include"),
+            errors.append(((*at, "include"),
                            "include/exclude: no layer of this model matches, so the step would "
                            f"change nothing (the model has {len(names)} weight matrices, e.g. "
                            f"{names[len(names) // 2][:80]})"))
@@ -171,79 +177,52 @@ def _declared_encoder(folder: Path) -> list[str]:
     return architectures
 
 
-def model_kind_errors(folder: Path, recipe: Any) -> list[tuple[Location, str]]:
-    """Steps whose settings need a next-token loss (`needs_causal_lm` names the field) on a
-    model whose config declares no LM head (an encoder such as BertModel)."""
+def model_kind_errors(folder: Path, spec: JobSpec) -> list[tuple[Location, str]]:
+    """The parts of a job that need a next-token loss (a step's settings, a goal's
+    perplexity ranking), on a model whose config declares no LM head (an encoder such as
+    BertModel)."""
     architectures = _declared_encoder(folder)
     if not architectures:
         return []
-    errors: list[tuple[Location, str]] = []
-    for index, step in enumerate(recipe.steps):
-        reason = step.needs_causal_lm()
-        if reason:
-            field, why = reason
-            errors.append((("steps", index, field),
-                           f"{why}; this model ({', '.join(architectures)}) has no LM head"))
-    return errors
+    return [(at, f"{why}; this model ({', '.join(architectures)}) has no LM head")
+            for at, why in spec.needs_causal_lm()]
 
 
-def memory_errors(folder: Path, recipe: Any, limits: Limits) -> list[tuple[Location, str]]:
-    """The job must fit the most generous worker (the estimate names the step and bytes)."""
+def memory_errors(folder: Path, run: PlannedRecipe, limits: Limits) -> list[tuple[Location, str]]:
+    """The run must fit the most generous worker (the estimate names the step and bytes)."""
+    recipe = run.recipe
     estimate = estimate_source(folder, recipe)
     try:
         plan = choose_placement(estimate, recipe, limits, limits.device_type)
     except DoesNotFit as exc:
-        return [((), f"{exc}; the bound is the {limits.ram_bytes / GiB:.1f} GiB of RAM of the "
-                 "largest worker online: lower calibration samples/seqlen, batch_size or "
+        return [(run.at, f"{exc}; the bound is the {limits.ram_bytes / GiB:.1f} GiB of RAM of "
+                 "the largest worker online: lower calibration samples/seqlen, batch_size or "
                  "seqlen, or run a worker with more memory")]
     if plan.ram_bytes is not None and plan.ram_bytes > limits.ram_bytes:
-        return [(("placement",), f"placement {plan.mode} needs about {plan.ram_bytes / GiB:.1f} "
-                 f"GiB of RAM; the bound is the {limits.ram_bytes / GiB:.1f} GiB of the largest "
-                 "worker online")]
+        return [((*run.at, "placement"), f"placement {plan.mode} needs about "
+                 f"{plan.ram_bytes / GiB:.1f} GiB of RAM; the bound is the "
+                 f"{limits.ram_bytes / GiB:.1f} GiB of the largest worker online")]
     return []
 
 
-def admission_errors(model_path: str, recipe: Any,
+def admission_errors(model_path: str, spec: JobSpec,
                      limits: Limits | None) -> list[tuple[Location, str]]:
-    """(location in the recipe, message) of everything that would fail this job on this model."""
+    """(location in the recipe or goal, message) of everything that would fail this job on
+    this model: the same checks for a recipe and for the recipes a goal's search will run."""
     folder = _readable_folder(model_path)
     if folder is None:
         return []
+    runs = spec.planned()
     try:
-        errors = layer_errors(folder, recipe) + model_kind_errors(folder, recipe)
+        errors = model_kind_errors(folder, spec)
+        errors += [error for run in runs for error in layer_errors(folder, run)]
         if not errors and limits is not None:
-            errors = memory_errors(folder, recipe, limits)
+            errors = [error for run in runs for error in memory_errors(folder, run, limits)]
     except (UnsafeModelFile, DamagedWeights):  # the model itself is refused: `model`
         raise
     except (OSError, ValueError, KeyError):  # an unreadable header: the worker will say more
         return []
     return errors
-
-
-def goal_errors(model_path: str, goal: dict[str, Any],
-                limits: Limits | None) -> list[tuple[Location, str]]:
-    """(location in the goal, message) of what would fail a goal job on this model.
-
-    A model without an LM head: the search ranks its candidates by perplexity. A recovery
-    step: it is the heaviest run a search makes (gradients, AdamW state and the activations
-    of a backward pass through the whole model), so it is checked as the perp recipe it
-    becomes would be, against the most generous worker online."""
-    folder = _readable_folder(model_path)
-    try:
-        architectures = _declared_encoder(folder) if folder is not None else []
-    except (UnsafeModelFile, DamagedWeights):  # the model itself is refused: `model`
-        raise
-    except (OSError, ValueError):  # an unreadable config: the worker will say more
-        return []
-    if architectures:
-        return [((), f"the search ranks candidates by perplexity, which needs an LM head; "
-                 f"this model ({', '.join(architectures)}) has none")]
-    if goal.get("recovery") is None:
-        return []
-    probe = Recipe.model_validate({"steps": [goal["recovery"]],
-                                   "calibration": goal["calibration"]})
-    return [(("recovery", *loc[2:]) if loc[:2] == ("steps", 0) else ("recovery", *loc), msg)
-            for loc, msg in admission_errors(model_path, probe, limits)]
 
 
 class LimitsCache:

@@ -14,9 +14,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
+from compressors.recipe.schema import parse_recipe
 from compressors.report.schema import CompressionReport, ModelMetrics
+from compressors.search.goal import Goal
+from jobs.spec import JobSpec
 
 API_PREFIX = "/api/v1"  # the versioned API root; the links of a `JobView` point under it
 
@@ -137,10 +147,10 @@ class JobFields(BaseModel):
     model: str = Field(description="as submitted: registry name or allowed server path")
     recipe: dict[str, Any] = Field(description="the validated recipe, defaults filled in; "
                                    "for a goal job, empty until the search has chosen one")
-    goal: dict[str, Any] | None = Field(
+    goal: Goal | None = Field(
         None, description="a goal job: the validated goal the worker searches a recipe for")
     methods: list[str] = Field(description="the recipe's step methods, in order (a goal job: "
-                               "the methods its search may use, perp with a recovery)")
+                               "the methods its search may use, then its recovery step's)")
     state: JobState = JobState.queued
     stage: JobStage | None = Field(None, description="while running: what the job is doing")
     progress: float = Field(0.0, ge=0.0, le=1.0)
@@ -171,6 +181,17 @@ class JobFields(BaseModel):
             return ErrorKind.internal
         return value
 
+    @field_validator("goal", mode="wrap")
+    @classmethod
+    def _goal_of_another_version(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A stored goal this version no longer reads (a field renamed since) shows as none
+        instead of making the whole record unreadable; its job, if it still runs, fails
+        naming the empty recipe."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
+
 
 class JobRecord(JobFields):
     """The stored record: the public fields plus the resolved model path (server-internal)."""
@@ -179,18 +200,22 @@ class JobRecord(JobFields):
 
     @classmethod
     def submitted(cls, owner: str, name: str, model: str, model_path: str,
-                  recipe: dict[str, Any], max_attempts: int,
-                  goal: dict[str, Any] | None = None) -> Self:
+                  recipe: dict[str, Any], max_attempts: int, goal: Goal | None = None) -> Self:
         """The record of a job just accepted: queued, with a fresh id."""
         now = utcnow()
-        methods = ([*goal["methods"], *(["perp"] if goal.get("recovery") is not None else [])]
-                   if goal else [s["method"] for s in recipe.get("steps", [])])
+        methods = (goal.methods_used if goal is not None
+                   else [s["method"] for s in recipe.get("steps", [])])
         return cls(
             id=uuid.uuid4().hex, name=name, owner=owner, model=model, model_path=model_path,
             recipe=recipe, goal=goal, methods=methods,
             message="queued", created_at=now, updated_at=now, max_attempts=max_attempts,
             history=[HistoryEntry(at=now, state=JobState.queued, message="queued", attempt=0)],
         )
+
+    def spec(self) -> JobSpec:
+        """What the job runs, typed: its goal, or its recipe validated again (the library may
+        have changed since submission; a recipe it no longer accepts fails the job)."""
+        return self.goal if self.goal is not None else parse_recipe(self.recipe)
 
 
 class JobLinks(BaseModel):
@@ -239,7 +264,9 @@ class JobUpdate(BaseModel):
     metrics: JobMetrics | None = None
     artifact: bool | None = None
     worker: str | None = None
-    recipe: dict[str, Any] | None = Field(None, description="a goal job: the chosen recipe")
+    recipe: dict[str, Any] | None = Field(
+        None, description="the recipe the job ran, as its report says (a goal job: the one its "
+        "search chose)")
 
     def fields(self) -> dict[str, Any]:
         """The JSON values to write, field by field, stamped with the time of the change."""

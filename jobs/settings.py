@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = _env("MAX_ACTIVE_JOBS_PER_KEY", 100,
                                         "queued and running jobs one key may have", ge=1)
     max_recipe_bytes: int = _env("MAX_RECIPE_BYTES", 32 * 1024,
-                                 "largest recipe, as JSON with defaults filled in (422 beyond): "
-                                 "it is stored with the job and sent on every job page",
+                                 "largest recipe or goal, as JSON with defaults filled in "
+                                 "(422 beyond): it is stored with the job and sent on every "
+                                 "job page",
                                  ge=1024)
     submission_check_seconds: float = _env(
         "SUBMISSION_CHECK_SECONDS", 20.0, "deadline of a submission's file checks (model "

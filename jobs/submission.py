@@ -1,7 +1,7 @@
 """Every check of a submission that touches files, as one function with a typed answer.
 
 A submission names a model and carries a recipe or a goal. Before it is queued: every text it
-names passes the file policy (`jobs.policy`), the recipe's JSON stays under its size bound,
+names passes the file policy (`jobs.policy`), its JSON stays under the size bound,
 the model resolves to something this key may use (`jobs.model_registry`), the model folder
 names only its own files (`compressors.io.model_files`), and admission finds no step that
 would change nothing, need an LM head the model lacks, or fit no worker (`jobs.admission`).
@@ -9,6 +9,9 @@ would change nothing, need an LM head the model lacks, or fit no worker (`jobs.a
 These read the disk and parse what a user uploaded, so the API runs `check_submission` in a
 child process with a deadline (`service.submission_checks`): its answer is plain data
 (`Accepted` or `Refused`, each picklable), never an HTTP exception. HTTP-free and torch-free.
+
+The recipe or goal arrives validated (the API's body types are the library's `Recipe` and
+`Goal`, so pydantic's 422 names a bad field before any check here runs).
 """
 
 from __future__ import annotations
@@ -17,27 +20,26 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from compressors.io.model_files import DamagedWeights, UnsafeModelFile
 from compressors.memory import Limits
-from compressors.recipe import Recipe
+from compressors.search.goal import Goal
 from jobs import model_registry
-from jobs.admission import admission_errors, goal_errors
+from jobs.admission import admission_errors
 from jobs.policy import recipe_violations
 from jobs.settings import Settings
+from jobs.spec import JobSpec, body_field, record_fields
 
 ErrorEntry = dict[str, Any]  # {"loc": [...], "msg": "...", "type": "..."}, the API's error item
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """A submission that may be queued: the validated recipe or goal (JSON, defaults filled
-    in) and the path the worker will load."""
+    """A submission that may be queued: the path the worker will load, and the recipe and
+    goal as the job record keeps them (`jobs.spec.record_fields`)."""
 
     model_path: str
-    recipe: dict[str, Any] | None = None
-    goal: dict[str, Any] | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    goal: Goal | None = None
 
 
 @dataclass(frozen=True)
@@ -57,48 +59,31 @@ def _entry(loc: tuple[Any, ...], msg: str, kind: str = "value_error") -> ErrorEn
     return {"loc": ["body", *loc], "msg": msg, "type": kind}
 
 
-def check_submission(settings: Settings, owner: str, model: str, recipe: Recipe | None,
-                     goal: dict[str, Any] | None, limits: Limits) -> Accepted | Refused:
+def check_submission(settings: Settings, owner: str, model: str, spec: JobSpec,
+                     limits: Limits) -> Accepted | Refused:
     """Everything that would fail this submission, checked in the order a user fixes it:
-    the recipe or goal itself, then the model, then the recipe against the model."""
+    the recipe or goal itself, then the model, then the recipe or goal against the model.
+    One path for both: each check asks the spec, and its errors name the field it came in."""
+    where = body_field(spec)
     try:
-        checked_goal = _validated_goal(settings, goal) if goal is not None else None
-        recipe_json = _validated_recipe(settings, recipe) if recipe is not None else None
+        _storable(settings, where, spec)
         model_path = _resolved_model(settings, owner, model)
-        _admitted(model_path, recipe, checked_goal, limits)
+        _admitted(where, model_path, spec, limits)
     except _Refusal as refusal:
         return Refused(refusal.errors)
-    return Accepted(model_path, recipe_json, checked_goal)
+    return Accepted(model_path, *record_fields(spec))
 
 
-def _validated_recipe(settings: Settings, recipe: Recipe) -> dict[str, Any]:
-    """The recipe's JSON if this server may run it: the file policy and the size bound."""
-    violations = recipe_violations(settings, recipe)
+def _storable(settings: Settings, where: str, spec: JobSpec) -> None:
+    """This server may run it and store it: every text it names passes the file policy
+    (walked the same way in a recipe and a goal), and its JSON stays under the size bound."""
+    violations = recipe_violations(settings, spec)
     if violations:
-        raise _Refusal([_entry(("recipe", *loc), msg) for loc, msg in violations])
-    as_json = recipe.to_json_dict()
-    size = len(json.dumps(as_json))
+        raise _Refusal([_entry((where, *loc), msg) for loc, msg in violations])
+    size = len(json.dumps(spec.to_json_dict()))
     if size > settings.max_recipe_bytes:
-        raise _Refusal([_entry(("recipe",), f"the recipe is {size} bytes as JSON; the bound "
-                                            f"is {settings.max_recipe_bytes} (MAX_RECIPE_BYTES)")])
-    return as_json
-
-
-def _validated_goal(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
-    """The goal with defaults filled in; every text it names (sensitivity, calibration,
-    evaluation, recovery) passes the same policy as a recipe's, walked the same way."""
-    from compressors.search.goal import Goal
-
-    try:
-        goal = Goal.model_validate(data)
-    except ValidationError as exc:
-        raise _Refusal([_entry(("goal", *err["loc"]), err["msg"], err["type"])
-                        for err in exc.errors(include_url=False,
-                                              include_context=False)]) from None
-    violations = recipe_violations(settings, goal)
-    if violations:
-        raise _Refusal([_entry(("goal", *loc), msg) for loc, msg in violations])
-    return goal.to_json_dict()
+        raise _Refusal([_entry((where,), f"the {where} is {size} bytes as JSON; the bound is "
+                                         f"{settings.max_recipe_bytes} (MAX_RECIPE_BYTES)")])
 
 
 def _resolved_model(settings: Settings, owner: str, spec: str) -> str:
@@ -108,19 +93,13 @@ def _resolved_model(settings: Settings, owner: str, spec: str) -> str:
         raise _Refusal([_entry(("model",), str(exc))]) from None
 
 
-def _admitted(model_path: str, recipe: Recipe | None, goal: dict[str, Any] | None,
-              limits: Limits) -> None:
+def _admitted(where: str, model_path: str, spec: JobSpec, limits: Limits) -> None:
     """Refuse a job this model or no worker could run (see `jobs.admission`); a model folder
     that names files outside itself, or whose weights do not read, is refused naming
     `model`."""
     try:
-        if recipe is not None:
-            errors = [_entry(("recipe", *loc), msg)
-                      for loc, msg in admission_errors(model_path, recipe, limits)]
-        else:
-            assert goal is not None
-            errors = [_entry(("goal", *loc), msg)
-                      for loc, msg in goal_errors(model_path, goal, limits)]
+        errors = [_entry((where, *loc), msg)
+                  for loc, msg in admission_errors(model_path, spec, limits)]
     except (UnsafeModelFile, DamagedWeights, FileNotFoundError) as exc:
         errors = [_entry(("model",), str(exc))]
     if errors:

@@ -160,7 +160,7 @@ def test_sparsegpt_then_gptq_keeps_every_pruned_zero(pattern):
         assert bool((layer.weight.data[pruned[name]] == 0).all()), name
         if pattern == "2:4":
             assert nm_groups_valid(layer.weight.data, 2, 4), name
-    section = result.section
+    section = result.section.model_dump(mode="json")
     assert section["zeros_kept"] == section["zeros_before"] == sum(
         int(z.sum()) for z in pruned.values())
     assert section["bits_per_weight"] == pytest.approx(4 + 16 / 32)
@@ -260,8 +260,8 @@ def test_smollm2_gptq_int4_g64_beats_rtn(smollm2_path, smollm2_tokenizer):
     result = run_gptq(loaded.model, GPTQConfig(group_size=64, clip_search=False), context)
     gptq = perplexity(loaded.model, windows)
     assert dense < gptq < rtn, (dense, gptq, rtn)
-    assert result.section["bits_per_weight"] == pytest.approx(4.25)
-    assert result.section["quantized_layers"] == 30 * 7
+    assert result.section.bits_per_weight == pytest.approx(4.25)
+    assert result.section.quantized_layers == 30 * 7
 
 
 def test_streamed_run_equals_in_memory(tiny_llama_folder, tmp_path):

@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         "compressors.progress", "compressors.malloc", "compressors.peak_memory",
         "compressors.recipe.step", "compressors.recipe.fields", "compressors.recipe.text",
         "compressors.recipe.protocol", "compressors.recipe.patterns",
-        "compressors.report.schema", "compressors.io.model_files", "compressors.ops*"]),
+        "compressors.recipe.per_layer", "compressors.report.schema",
+        "compressors.report.search", "compressors.io.model_files", "compressors.ops*"]),
     ("declarations", [
         "compressors.methods.method", "compressors.methods.*.config", "compressors.methods",
         "compressors.recipe", "compressors.recipe.schema", "compressors.memory",

@@ -14,7 +14,7 @@ import re2
 from pydantic import ValidationError
 
 from compressors.recipe import parse_recipe, patterns
-from compressors.search.steps import layer_patterns
+from compressors.recipe.per_layer import layer_patterns
 
 PROBE = r"^model\.layers\.2(?:[\w.]+)+!"  # nested quantifiers that never find their "!"
 NESTED = "(a+)+!"

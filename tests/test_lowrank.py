@@ -340,7 +340,7 @@ def test_uniform_step_reduces_targeted_parameters_to_the_target(kind, init):
                    for p in [m.weight])
     config = LowRankConfig(target_params=0.5, train_steps=0, evaluate=False, init=init,
                            allocation="uniform", weighting=_weighting(kind))
-    section = run_lowrank(model, config, _context()).section
+    section = run_lowrank(model, config, _context()).section.model_dump(mode="json")
     assert section["params_targeted_before"] == targeted
     assert 0.4 < section["kept_fraction_targeted"] <= 0.5
     assert section["params_model_after"] < section["params_model_before"]
@@ -381,7 +381,7 @@ def test_each_block_is_whitened_on_inputs_from_the_factorized_blocks():
     context = _context(samples=16)
     config = LowRankConfig(rank=8, train_steps=0, evaluate=False, refit=False, dampening=0.0,
                            weighting="activations")  # errors in the plain output metric
-    section = run_lowrank(model, config, context).section
+    section = run_lowrank(model, config, context).section.model_dump(mode="json")
     name = "model.layers.1.self_attn.q_proj"  # fed by the block input (through the norm)
     weight = dict(original.named_modules())[name].weight
 
@@ -415,7 +415,7 @@ def test_refit_lowers_the_error_against_the_original_model():
     for refit in (False, True):
         model = copy.deepcopy(original)
         config = LowRankConfig(target_params=0.4, refit=refit, train_steps=0, evaluate=False)
-        sections[refit] = run_lowrank(model, config, calibration).section
+        sections[refit] = run_lowrank(model, config, calibration).section.model_dump(mode="json")
         errors[refit] = _output_error(model, original, calibration.calibration_windows)
     section = sections[True]
     assert section["refit"] and section["refit_kept"] > 0
@@ -431,7 +431,7 @@ def test_loss_allocation_reports_ranks_errors_and_dense_layers():
     targeted = {n: m.weight.numel() for n, m in select_layers(model).items()}
     result = run_lowrank(model, LowRankConfig(target_params=0.5, train_steps=0,
                                               evaluate=False), _context(samples=16))
-    section = result.section
+    section = result.section.model_dump(mode="json")
     assert section["allocation"] == "loss" and section["init"] == "whitened"
     assert section["kept_fraction_targeted"] <= 0.5
     assert set(section["layers"]) == set(targeted)
@@ -501,7 +501,7 @@ def test_fisher_weighting_keeps_the_predictions_closer_and_needs_a_causal_lm():
         model = copy.deepcopy(original)
         config = LowRankConfig(target_params=0.5, allocation="uniform", weighting=weighting,
                                train_steps=0, evaluate=False)
-        section = run_lowrank(model, config, context).section
+        section = run_lowrank(model, config, context).section.model_dump(mode="json")
         assert section["weighting"] == weighting and section["kept_fraction_targeted"] <= 0.5
         divergence[weighting] = kl(model)
     assert 0 < divergence["fisher"] < 0.9 * divergence["activations"], divergence
@@ -659,7 +659,7 @@ def test_minilm_distillation_raises_embedding_cosine(tmp_path):
     # 60 fresh windows x 128 tokens: measured 0.681 -> 0.692 (20 steps moved it by -0.001)
     config = LowRankConfig(target_params=0.5, train_steps=60, warmup=3, seqlen=128,
                            cosine_sentences=24, weighting="activations")
-    section = run_lowrank(loaded.model, config, context).section
+    section = run_lowrank(loaded.model, config, context).section.model_dump(mode="json")
     svd, trained = section["embedding_cosine_svd"], section["embedding_cosine_trained"]
     assert 0.0 < svd["mean"] < 0.999
     assert trained["mean"] > svd["mean"]

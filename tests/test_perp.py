@@ -238,7 +238,7 @@ def test_every_mode_keeps_masks_and_lowers_loss(arch, mode, fixed_windows):
         assert all(nm_groups_valid(weight_matrix(layer), 2, 4)
                    for layer in select_layers(model).values())
     assert _lm_loss(model, fixed_windows) < loss_before
-    section = result.section
+    section = result.section.model_dump(mode="json")
     assert section["steps"] == 12 and section["tokens"] == 12 * 4 * 32
     [chart] = result.charts
     assert chart.id == "perp-loss" and len(chart.series[0].points) == 12
@@ -285,7 +285,7 @@ def test_reconstruct_fits_each_block_and_keeps_nm(tiny_llama_folder):
     before = _patterns(model)
     config = PerpConfig(mode="masklora", objective="reconstruct", train_steps=8, rank=4, lr=5e-3,
                         batch_size=2, seqlen=64, schedule="constant")
-    section = run_perp(model, config, context).section
+    section = run_perp(model, config, context).section.model_dump(mode="json")
     assert all(torch.equal(before[n], m) for n, m in _patterns(model).items())
     blocks = section["block_losses"]
     assert [b["block"] for b in blocks] == ["model.layers.0", "model.layers.1"]
@@ -330,7 +330,7 @@ def test_smollm2_masklora_recovers_and_keeps_masks(smollm2_path):
     run_wanda(model, WandaConfig(sparsity=0.5), context)
     before = _patterns(model)
     config = PerpConfig(mode="masklora", train_steps=4, seqlen=128, batch_size=2, lr=1e-3, rank=8)
-    section = run_perp(model, config, context).section
+    section = run_perp(model, config, context).section.model_dump(mode="json")
 
     assert all(torch.equal(before[n], m) for n, m in _patterns(model).items())
     for layer in select_layers(model).values():  # wanda 50%: exactly half of every row

@@ -41,7 +41,7 @@ def quantize(model: nn.Module, **options) -> tuple[nn.Module, dict]:
     context = StepContext(model_source=Path("."), tokenizer=None)
     result = run_quantize(model, QuantizeConfig(**options), context)
     assert result.model is not None
-    return result.model, result.section
+    return result.model, result.section.model_dump(mode="json")
 
 
 def logits(model: nn.Module, seed: int = 0, vocab: int = 256) -> torch.Tensor:

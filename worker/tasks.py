@@ -8,19 +8,20 @@ state, with an `error_kind` read from the exception's type (`worker.failures`), 
 RQ too (`JobFailed`, with the RQ job's retries spent first), so `rq info` and RQ's dashboards
 count it failed, and RQ's bounded Retry is left to mean one thing only, "the process running
 this job died" (`worker_lost` once the retries are spent). A Redis outage while a job runs does
-not lose its end: the final write waits for Redis to come back. torch and the library are
-imported inside the job, never at module level, so the RQ parent process that imports this
-module never initialises CUDA.
+not lose its end: the final write waits for Redis to come back. torch and the library's
+runners (`compressors.run`) are imported inside the job, never at module level (only its
+torch-free report schema is), so the RQ parent process that imports this module never
+initialises CUDA.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from compressors.report.schema import CompressionReport
 from jobs import artifacts
 from jobs.connection import redis_client
 from jobs.policy import model_source_allowed, recipe_violations, text_roots
@@ -29,9 +30,6 @@ from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
 from worker.failures import classify
 from worker.progress import ProgressWriter
-
-if TYPE_CHECKING:  # pragma: no cover
-    from compressors.report import CompressionReport
 
 RUNNING = (JobState.running,)
 REDIS_WAIT_S = 600.0  # how long a finished job waits for Redis to record its end
@@ -70,14 +68,8 @@ def run_job(job_id: str) -> str:
             _when_redis_is_back(_finish_failed, store, job_id, attempt, said, kind)
             _no_retry_in_rq()
             raise JobFailed(said) from None
-    chosen = _chosen_recipe(report) if record.goal is not None else None
     return _when_redis_is_back(_finish_succeeded, store, settings, record, attempt, metrics,
-                               time.monotonic() - began, chosen)
-
-
-def _chosen_recipe(report: CompressionReport | dict[str, Any]) -> dict[str, Any]:
-    """A goal job's published recipe (what its search chose), for the job record."""
-    return report["recipe"] if isinstance(report, dict) else report.recipe
+                               time.monotonic() - began, report.recipe)
 
 
 def _when_redis_is_back(write: Any, *args: Any) -> Any:
@@ -106,25 +98,28 @@ def _no_retry_in_rq() -> None:
 
 
 def _compress_or_reuse(settings: Settings, record: JobRecord,
-                       progress: ProgressWriter) -> CompressionReport | dict[str, Any]:
+                       progress: ProgressWriter) -> CompressionReport:
     """The report of the published artifact: reused if a previous attempt completed it.
 
-    `compress` checks the recipe's texts against the same roots as the API did before it reads
-    anything (the policy may have changed since submission); a refusal fails the job.
+    One path for a recipe job and a goal job: the record's spec (`JobRecord.spec`) goes
+    through the service's policy and then to the library's one door (`compressors.run`),
+    which runs the recipe or searches for one. The library checks the texts against the same
+    roots as the API did before it reads anything (the policy may have changed since
+    submission); a refusal fails the job. A goal out of reach fails it too, with the closest
+    candidate's numbers in the error.
     """
     destination = artifacts.artifact_dir(settings, record.id)
     if destination.exists() and artifacts.verify_manifest(destination):
-        return json.loads((destination / artifacts.REPORT_FILE).read_text(encoding="utf-8"))
+        return CompressionReport.model_validate_json(
+            (destination / artifacts.REPORT_FILE).read_bytes())
     if destination.exists():
         artifacts.remove(destination)  # unverifiable: never serve half of one
     import torch
 
-    from compressors.pipeline import compress
-    from compressors.recipe import parse_recipe
+    from compressors import run
 
-    recipe = parse_recipe(record.recipe) if record.goal is None else None
-    # The service's full policy, again here, on whatever the job carries (a recipe or a goal).
-    violations = recipe_violations(settings, recipe if recipe is not None else _goal(record))
+    spec = record.spec()
+    violations = recipe_violations(settings, spec)
     if violations:
         loc, message = violations[0]
         raise PermissionError(f"{'.'.join(map(str, loc))}: {message}")
@@ -133,11 +128,9 @@ def _compress_or_reuse(settings: Settings, record: JobRecord,
                               "model under an allowed server folder")
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    if recipe is None:
-        return _search(settings, record, destination, progress)
-    return compress(record.model_path or record.model, recipe, destination,
-                    progress=progress, device=settings.device, model_name=record.model,
-                    allowed_text_roots=text_roots(settings))
+    return run(record.model_path or record.model, spec, destination, progress=progress,
+               device=settings.device, model_name=record.model,
+               allowed_text_roots=text_roots(settings))
 
 
 _PATH = re.compile(r"(?<![\w.:/-])(?:~|\.{1,2})?(?:/[\w.@+=,-]+)+/?")
@@ -162,25 +155,6 @@ def _last_part(match: re.Match[str]) -> str:
     return f"…/{name}" if name else "…"
 
 
-def _goal(record: JobRecord) -> Any:
-    from compressors.search.goal import Goal
-
-    return Goal.model_validate(record.goal)
-
-
-def _search(settings: Settings, record: JobRecord, destination: Any,
-            progress: ProgressWriter) -> CompressionReport | dict[str, Any]:
-    """A goal job: the search measures, allocates, verifies and publishes the chosen recipe
-    (`compressors.search.run_search`); a goal out of reach fails the job with the closest
-    candidate's numbers in the error."""
-    from compressors.search import Goal, run_search
-
-    result = run_search(record.model_path or record.model, Goal.model_validate(record.goal),
-                        destination, progress=progress, device=settings.device,
-                        model_name=record.model, allowed_text_roots=text_roots(settings))
-    return result.report
-
-
 def _finish_failed(store: JobStore, job_id: str, attempt: int, said: str,
                    kind: ErrorKind) -> None:
     store.update(job_id, JobUpdate(state=JobState.failed, error=said, error_kind=kind,
@@ -189,12 +163,11 @@ def _finish_failed(store: JobStore, job_id: str, attempt: int, said: str,
 
 
 def _finish_succeeded(store: JobStore, settings: Settings, record: JobRecord, attempt: int,
-                      metrics: JobMetrics, seconds: float,
-                      chosen: dict[str, Any] | None = None) -> str:
+                      metrics: JobMetrics, seconds: float, ran: dict[str, Any]) -> str:
+    """Record the success with the recipe that ran, as the report says (for a goal job, the
+    one its search chose; for a recipe job, the submitted one, defaults filled in)."""
     change = JobUpdate(state=JobState.succeeded, stage="saving", progress=1.0, message="done",
-                       finished_at=utcnow(), metrics=metrics, artifact=True)
-    if chosen is not None:
-        change.recipe = chosen
+                       finished_at=utcnow(), metrics=metrics, artifact=True, recipe=ran)
     done = store.update(record.id, change, if_state=RUNNING, if_attempt=attempt)
     if done is None:
         # Cancelled (or superseded) while publishing: a cancelled job keeps no artifact.

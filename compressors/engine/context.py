@@ -12,7 +12,7 @@ from torch import nn
 
 from compressors.engine.windows import calibration_windows, evaluation_windows
 from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
-from compressors.report.schema import Chart
+from compressors.report.schema import Chart, ReportSection
 
 StepProgress = Callable[[float, str], None]
 
@@ -66,16 +66,17 @@ class StepContext:
 class StepResult:
     """What a step hands back to the pipeline.
 
-    `details` go into the step's report entry; `section` becomes the top-level report key the
-    registry names for the method (`Method.section`); `charts` are added to the report's chart
-    list. A step that must replace the model object (e.g. reloading into quantized layers)
-    returns the new one in `model`. `perplexity` is the evaluation-window perplexity of the
-    model exactly as returned, if the step measured it: when the step is the last one, the
-    pipeline reports it instead of measuring the same model again.
+    `details` go into the step's report entry; `section`, the method's own typed section,
+    becomes the top-level report key the registry names for the method (`Method.section`);
+    `charts` are added to the report's chart list. A step that must replace the model object
+    (e.g. reloading into quantized layers) returns the new one in `model`. `perplexity` is
+    the evaluation-window perplexity of the model exactly as returned, if the step measured
+    it: when the step is the last one, the pipeline reports it instead of measuring the same
+    model again.
     """
 
     details: dict[str, Any] = field(default_factory=dict)
-    section: dict[str, Any] | None = None
+    section: ReportSection | None = None
     charts: list[Chart] = field(default_factory=list)
     model: nn.Module | None = None
     perplexity: float | None = None

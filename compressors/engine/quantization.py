@@ -4,13 +4,14 @@ the keep-masks of earlier pruning, installing the result, checking zeros, and th
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from compressors.engine.context import StepContext
 from compressors.engine.modules import linear_layers, select_layers
+from compressors.engine.sections import QuantizationSection, RelativeError
 from compressors.io.compressed_tensors import FORMAT_NAME, QUANT_FORMAT, install
 from compressors.ops.int_grid import (
     STORAGE_DTYPES,
@@ -23,6 +24,8 @@ from compressors.ops.int_grid import (
 from compressors.recipe.fields import WeightGridConfig
 from compressors.report.charts import layer_chart
 from compressors.report.schema import Chart
+
+Section = TypeVar("Section", bound=QuantizationSection)
 
 
 def target_layers(model: nn.Module, config: WeightGridConfig) -> dict[str, nn.Module]:
@@ -87,9 +90,10 @@ class QuantRecord:
         rows, cols = weight.shape
         self.bits[name] = (bits_per_weight(quantized.grid, rows, cols), rows * cols)
 
-    def section(self, context: StepContext, seconds: float,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        model_linear = len(self.errors)
+    def section(self, kind: type[Section], context: StepContext, seconds: float,
+                skipped: list[str], **extra: Any) -> Section:
+        """The step's `quantization` section: the shared fields, plus `extra`, the ones its
+        own section type (`kind`) adds."""
         total = sum(n for _, n in self.bits.values())
         errors = list(self.errors.values())
         placement_note = None
@@ -97,26 +101,22 @@ class QuantRecord:
             placement_note = ("streamed runs publish dense weights holding the quantized values "
                               "(the compressed-tensors checkpoint needs the model in memory or "
                               "onloaded)")
-        return {
-            "scheme": self.config.label, "method": self.config.method, "bits": self.config.bits,
-            "group_size": self.config.group_size if self.config.group_size is not None
+        return kind(
+            scheme=self.config.label, method=self.config.method, bits=self.config.bits,
+            group_size=self.config.group_size if self.config.group_size is not None
             else "auto",
-            "group_sizes": {str(k): v for k, v in sorted(Counter(self.groups.values()).items())},
-            "symmetric": self.config.symmetric, "clip_search": self.config.clip_search,
-            "scale_dtype": self.config.scale_dtype,
-            "format": f"{FORMAT_NAME} {QUANT_FORMAT} (W{self.config.bits}A16)",
-            "quantized_layers": model_linear,
-            "bits_per_weight": sum(b * n for b, n in self.bits.values()) / total,
-            "quantized_weights": total,
-            "relative_error": {
-                "metric": self.metric, "mean": sum(errors) / len(errors), "max": max(errors),
-                "per_layer": self.errors,
-            },
-            "zeros_before": self.zeros_before, "zeros_kept": self.zeros_kept,
-            "quantize_seconds": seconds,
-            **({"note": placement_note} if placement_note else {}),
-            **(extra or {}),
-        }
+            group_sizes={str(k): v for k, v in sorted(Counter(self.groups.values()).items())},
+            symmetric=self.config.symmetric, clip_search=self.config.clip_search,
+            scale_dtype=self.config.scale_dtype,
+            format=f"{FORMAT_NAME} {QUANT_FORMAT} (W{self.config.bits}A16)",
+            quantized_layers=len(self.errors),
+            bits_per_weight=sum(b * n for b, n in self.bits.values()) / total,
+            quantized_weights=total,
+            relative_error=RelativeError(metric=self.metric, mean=sum(errors) / len(errors),
+                                         max=max(errors), per_layer=self.errors),
+            zeros_before=self.zeros_before, zeros_kept=self.zeros_kept,
+            quantize_seconds=seconds, note=placement_note, skipped_layers=skipped, **extra,
+        )
 
     def chart(self) -> Chart:
         title = ("Relative quantization error per layer on the Hessian metric (‖ΔW X‖ / ‖W X‖)"

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressors.engine.sections import SegmentLoss, TrainSummary
 from compressors.recipe.fields import TrainingConfig
 from compressors.report.charts import line_chart
 from compressors.report.schema import Chart
@@ -90,7 +91,7 @@ class TrainLog:
     trainable_parameters: int = 0
     terms: dict[str, list[float]] = field(default_factory=dict)
     # Per-part results of a run trained in parts (PERP reconstruct: one entry per block).
-    segments: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[SegmentLoss] = field(default_factory=list)
 
     def record(self, terms: dict[str, torch.Tensor], tokens: int) -> None:
         for name, value in terms.items():
@@ -111,13 +112,13 @@ class TrainLog:
     def total(self) -> list[float]:
         return self.terms.get("total", [])
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> TrainSummary:
         """Steps, tokens, seconds and the first and last value of every term."""
         first = {k: v[0] for k, v in self.terms.items() if v}
         last = {k: v[-1] for k, v in self.terms.items() if v}
-        return {"steps": self.steps, "tokens": self.tokens, "seconds": self.seconds,
-                "trainable_parameters": self.trainable_parameters,
-                "loss_first": first or None, "loss_last": last or None}
+        return TrainSummary(steps=self.steps, tokens=self.tokens, seconds=self.seconds,
+                            trainable_parameters=self.trainable_parameters,
+                            loss_first=first or None, loss_last=last or None)
 
     def chart(self, chart_id: str, title: str) -> Chart:
         """Every term's curve (the total first), on a log axis."""

@@ -29,7 +29,7 @@ from compressors.methods.sparsegpt.config import METHOD as SPARSEGPT
 from compressors.methods.wanda.config import METHOD as WANDA
 
 __all__ = ["METHODS", "STAGES", "Method", "PerpConfig", "SearchSpace", "get_method",
-           "import_object", "method_schemas"]
+           "import_object", "method_schemas", "search_spaces"]
 
 METHODS: dict[str, Method] = {method.name: method for method in (
     MAGNITUDE, WANDA, SPARSEGPT, PERP, QUANTIZE, GPTQ, RTN, LOWRANK)}
@@ -40,6 +40,12 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def search_spaces() -> dict[str, SearchSpace]:
+    """The methods the goal-driven search may use, in registry order, with how it may use
+    each (`Method.search`): what a goal's `methods` is validated against."""
+    return {name: m.search for name, m in METHODS.items() if m.search is not None}
 
 
 def method_schemas() -> dict[str, dict[str, Any]]:

@@ -3,9 +3,9 @@
 Each method's folder declares its `Method` at the bottom of its torch-free `config.py`, beside
 the config class (whose hooks, `recipe.step.StepConfig`, answer the questions that depend on
 its settings); the registry (`methods/__init__.py`) only collects them. Everything a method
-brings beyond its config (its step function, checkpoint formats, layer kinds, search
-operations) is named as "module:attribute" and imported on first use, so listing methods and
-validating recipes (the API) never imports torch.
+brings beyond its config (its step function, checkpoint formats, layer kinds, the functions
+of its search space) is named as "module:attribute" and imported on first use, so listing
+methods and validating recipes (the API) never imports torch.
 """
 
 from __future__ import annotations
@@ -34,29 +34,40 @@ def import_object(reference: str) -> Any:
 class SearchSpace:
     """How the goal-driven search may use a method on one layer (`compressors.search`).
 
+    Declared in the method's `config.py` (`Method.search`); the functions it names live in
+    the method's own folder (`methods/<name>/search.py`), so the search reads only the
+    registry and names no method.
+
     - `levels`: what a layer can be turned into besides staying dense ("int8", "s0.5", ...).
     - `mixed_levels`: one recipe step can give different layers different levels; when False
       (one `bits` per step) each level is its own family and a layer chooses between that
       level and dense.
-    - `saves_bytes`: the stored checkpoint gets smaller (pruned zeros are stored: it does not).
-    - `layer_bytes`: "module:function" `(level, rows, cols, dtype) -> float`, the stored bytes
-      of one `[rows, cols]` weight at a level; torch-free.
     - `perturb`: "module:function" `(weight, level, input_sq_norms) -> weight`, the method's
-      cheap stand-in on one weight for the sensitivity pass (pure tensor math).
-    - `step`: "module:function" `(choices, level) -> step dict | None`, an allocation written
-      back as an ordinary recipe step (`level` is None for mixed-level methods).
+      cheap stand-in on one `[out, in]` float32 weight for the sensitivity pass (tensor math;
+      `input_sq_norms` is None unless `needs_input_norms`).
+    - `step`: "module:function" `(choices) -> StepConfig | None`, an allocation (layer name ->
+      level or "dense") written back as the method's own config, an ordinary recipe step
+      (None: the allocation changes no layer); `recipe.per_layer` holds what writers share.
+    - `layer_bytes`: "module:function" `(level, rows, cols, dtype) -> float`, the stored
+      bytes of one `[rows, cols]` weight at a level (plain arithmetic, imported by the search
+      only). None: the levels keep the dense dtype's bytes (pruned zeros are stored), so the
+      method saves no bytes and a size, perplexity or latency budget cannot use it.
     - `needs_input_norms`: `perturb` uses the layer's input norms (Wanda-style scores).
     - `note`: what a user should know about the approximation.
     """
 
     levels: tuple[str, ...]
     mixed_levels: bool
-    saves_bytes: bool
-    layer_bytes: str
     perturb: str
     step: str
+    layer_bytes: str | None = None
     needs_input_norms: bool = False
     note: str = ""
+
+    @property
+    def saves_bytes(self) -> bool:
+        """The stored checkpoint gets smaller (the only way the search can use a method)."""
+        return self.layer_bytes is not None
 
 
 @dataclass(frozen=True)

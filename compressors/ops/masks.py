@@ -59,6 +59,19 @@ def wanda_scores(weight: torch.Tensor, input_sq_norms: torch.Tensor) -> torch.Te
     return weight.abs().float() * input_sq_norms.float().sqrt().unsqueeze(0)
 
 
+def prune_rows(weight: torch.Tensor, sparsity: float,
+               input_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """`weight` in float32 with the `int(cols * sparsity)` least important entries of every
+    row set to zero: by Wanda's scores when the input norms are given, by magnitude otherwise.
+
+    The pruning methods' stand-in for the search's sensitivity pass (no weight update, so an
+    upper bound on SparseGPT's error); one function, since three methods share it.
+    """
+    scores = weight.abs().float() if input_sq_norms is None else wanda_scores(weight,
+                                                                               input_sq_norms)
+    return weight.float() * row_mask(scores, sparsity)
+
+
 def nm_groups_valid(weight: torch.Tensor, n: int, m: int) -> bool:
     """True when every M-group of every row has at most N nonzeros."""
     rows, cols = weight.shape

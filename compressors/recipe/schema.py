@@ -9,6 +9,7 @@ that could only fail or publish a broken checkpoint is refused before it runs.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compressors.methods import METHODS
 from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
+from compressors.recipe.text import Location
 
 MAX_STEPS = 16
 
@@ -75,6 +77,41 @@ class Recipe(BaseModel):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @property
+    def methods_used(self) -> list[str]:
+        """Its steps' methods, in order (a job record lists them; a `Goal` answers the same)."""
+        return [step.method for step in self.steps]
+
+    def planned(self) -> list[PlannedRecipe]:
+        """The recipes a job with this recipe runs, located in it: itself."""
+        return [PlannedRecipe(self, (), tuple(("steps", i) for i in range(len(self.steps))))]
+
+    def needs_causal_lm(self) -> list[tuple[Location, str]]:
+        """(location, why) of every step whose settings need the model's next-token loss
+        (`StepConfig.needs_causal_lm`); submission refuses them on a model without an LM head."""
+        found: list[tuple[Location, str]] = []
+        for index, step in enumerate(self.steps):
+            need = step.needs_causal_lm()
+            if need is not None:
+                field, why = need
+                found.append((("steps", index, field), why))
+        return found
+
+
+@dataclass(frozen=True)
+class PlannedRecipe:
+    """A recipe a job will run, and where the user wrote each part of it.
+
+    A goal job runs recipes nobody wrote whole (its search writes a PERP recovery step with
+    the goal's calibration); a check of such a recipe must still name a field of what was
+    submitted. So each step carries its own location (`("steps", 2)` in a recipe,
+    `("recovery",)` in a goal) and the checks need no rewriting of locations afterwards.
+    """
+
+    recipe: Recipe
+    at: Location  # where the recipe's own errors point (the memory estimate)
+    steps_at: tuple[Location, ...]  # where each step's errors point, in step order
 
 
 def parse_recipe(data: dict[str, Any] | str | Path) -> Recipe:

@@ -2,15 +2,38 @@
 `compression_report.json` holds, what the worker summarises and the dashboard draws.
 
 The top level is fixed here. Each method's own section (`retraining`, `lowrank`,
-`quantization`, ...) is a top-level key named by the registry (`Method.section`) and kept as
-the method wrote it, so adding a method never touches this file; `section(name)` reads one.
+`quantization`, ...) is a top-level key named by the registry (`Method.section`): the method
+declares it as a `ReportSection` in its own folder, and the pipeline writes its JSON under
+that key, so adding a method never touches this file; `section(name)` reads one back.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+from compressors.report.search import SearchSection
+
+
+class ReportSection(BaseModel):
+    """The base of a method's own report section: every key typed and described.
+
+    A field that defaults to None is a key the step writes only when it measured it (a
+    perplexity an encoder has none of): the JSON leaves it out while it is None, so
+    `compression_report.json` holds the keys it always has. A key that is always written,
+    even as null, is a field without a default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unmeasured(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name, field in type(self).model_fields.items():
+            if not field.is_required() and field.default is None and data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class ModelMetrics(BaseModel):
@@ -114,11 +137,12 @@ class CompressionReport(BaseModel):
     seconds_total: float
     device: str
     versions: dict[str, str]
+    search: SearchSection | None = Field(None, description="a goal job's search")
 
     def section(self, name: str) -> dict[str, Any] | None:
         """A method's section (e.g. "retraining"), or None if no step wrote it."""
         return (self.model_extra or {}).get(name)
 
     def to_json(self) -> dict[str, Any]:
-        """Exactly what `compression_report.json` holds."""
-        return self.model_dump(mode="json")
+        """Exactly what `compression_report.json` holds (a recipe job's has no `search`)."""
+        return self.model_dump(mode="json", exclude={"search"} if self.search is None else None)

@@ -10,7 +10,7 @@ reach at those budgets, without a grid of whole recipes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,17 @@ class Option:
 
 @dataclass
 class Allocation:
-    """One point of a family's front: which level each layer takes, and the prediction."""
+    """One point of a family's front: which level each layer takes, and the prediction.
+
+    `dtype` and `method` say which family it is (the search's fronts set them; the math here
+    never reads them)."""
 
     family: str
     choices: dict[str, str]
     bytes: float
     loss: float
-    meta: dict[str, str] = field(default_factory=dict)
+    dtype: str = ""
+    method: str = ""
 
     @property
     def predicted_ratio(self) -> float:

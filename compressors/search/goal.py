@@ -1,7 +1,9 @@
 """A job's goal: what to optimise and under which budget, instead of a recipe (torch-free).
 
 Validated at the edge like a recipe (strict, unknown keys are errors naming the key), so the
-API answers 422 naming the field before anything is queued.
+API answers 422 naming the field before anything is queued. The methods a goal may name are
+the registry's searchable ones (`methods.search_spaces`: each declares its `SearchSpace` in its
+own config), so this module names none.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compressors.methods import PerpConfig
+from compressors.methods import PerpConfig, search_spaces
 from compressors.recipe.protocol import CalibrationConfig, EvaluationConfig
-from compressors.search.operations import OPERATIONS
+from compressors.recipe.schema import PlannedRecipe, Recipe
+from compressors.recipe.text import Location
 
 Objective = Literal["size_bytes", "perplexity", "latency_ms"]
 SearchDtype = Literal["float32", "bfloat16"]
+SEARCHABLE = tuple(search_spaces())
 
 
 class Goal(BaseModel):
@@ -40,8 +44,8 @@ class Goal(BaseModel):
         None, gt=0.0, le=1.0,
         description="stored weight bytes at most this fraction of the original's, in (0, 1]")
     methods: list[str] = Field(
-        default_factory=lambda: ["quantize"], min_length=1, max_length=len(OPERATIONS),
-        description=f"methods the search may use: {', '.join(OPERATIONS)}")
+        default_factory=lambda: ["quantize"], min_length=1, max_length=len(SEARCHABLE),
+        description=f"methods the search may use: {', '.join(SEARCHABLE)}")
     dtypes: list[SearchDtype] = Field(
         default_factory=lambda: ["float32", "bfloat16"], min_length=1, max_length=2,
         description="dtypes the published model may be held in (the layers left dense, the "
@@ -81,10 +85,10 @@ class Goal(BaseModel):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        unknown = [m for m in methods if m not in OPERATIONS]
+        unknown = [m for m in methods if m not in SEARCHABLE]
         if unknown:
             raise ValueError(f"unknown or unsearchable method {unknown[0]!r}; allowed: "
-                             f"{', '.join(OPERATIONS)}")
+                             f"{', '.join(SEARCHABLE)}")
         if len(set(methods)) != len(methods):
             raise ValueError("each method at most once")
         return methods
@@ -99,10 +103,19 @@ class Goal(BaseModel):
                              "(max_size_bytes or max_size_ratio)")
         if self.max_size_bytes is not None and self.max_size_ratio is not None:
             raise ValueError("max_size_ratio: give max_size_bytes or max_size_ratio, not both")
-        if not any(OPERATIONS[m].saves_bytes for m in self.methods) and sized:
+        if sized and not self.shrinking_methods():
+            shrinking = [name for name, space in search_spaces().items() if space.saves_bytes]
             raise ValueError("methods: none of them shrinks the checkpoint (pruned zeros are "
-                             "stored), so a size budget cannot be searched; add quantize or gptq")
+                             "stored), so a size budget cannot be searched; add one of "
+                             f"{', '.join(shrinking)}")
         return self
+
+    def shrinking_methods(self) -> list[str]:
+        """The goal's methods that make the checkpoint smaller, in its order: the only ones
+        the search measures and allocates (one that saves no bytes cannot help a size,
+        perplexity or latency budget; the report lists the others as skipped)."""
+        spaces = search_spaces()
+        return [m for m in self.methods if spaces[m].saves_bytes]
 
     def size_limit(self, original_bytes: int) -> float | None:
         """The size budget in bytes, given the original checkpoint's weight bytes."""
@@ -111,6 +124,26 @@ class Goal(BaseModel):
         if self.max_size_ratio is not None:
             return self.max_size_ratio * original_bytes
         return None
+
+    @property
+    def methods_used(self) -> list[str]:
+        """The methods a job with this goal may run, in order: the search's, then its
+        recovery step's (the job record lists them; the metrics count their seconds)."""
+        recovery = [self.recovery.method] if self.recovery is not None else []
+        return [*self.methods, *recovery]
+
+    def planned(self) -> list[PlannedRecipe]:
+        """The recipes the search will run that a submission can check, located in the goal:
+        the recovery step as the search writes it (with the goal's calibration), its heaviest
+        run (gradients, AdamW state, a backward pass through the whole model)."""
+        if self.recovery is None:
+            return []
+        recipe = Recipe(steps=[self.recovery], calibration=self.calibration)
+        return [PlannedRecipe(recipe, ("recovery",), (("recovery",),))]
+
+    def needs_causal_lm(self) -> list[tuple[Location, str]]:
+        """The whole goal does: the search ranks its candidates by perplexity."""
+        return [((), "the search ranks its candidates by perplexity")]
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

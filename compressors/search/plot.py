@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from html import escape
-from typing import Any
+
+from compressors.report.search import SearchSection
 
 PARETO_FILE = "pareto.svg"
 W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 440, 70, 200, 30, 50
@@ -29,17 +30,16 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step) + 1)]
 
 
-def pareto_svg(summary: dict[str, Any]) -> str:
-    """The SVG text for a search summary (`compression_report.json`'s `search` section)."""
-    candidates = summary.get("candidates", [])
-    points = [(b, r) for front in summary["fronts"].values() for b, r in front]
+def pareto_svg(section: SearchSection) -> str:
+    """The SVG text for a search (`compression_report.json`'s `search` section)."""
+    candidates = section.candidates
+    points = [(b, r) for front in section.fronts.values() for b, r in front]
     for c in candidates:
-        for key in ("predicted", "measured", "final"):
-            value = c.get(key) or {}
-            if value.get("size_bytes") and value.get("perplexity_ratio"):
-                points.append((value["size_bytes"], value["perplexity_ratio"]))
-    limit_ratio = summary["goal"].get("max_perplexity_ratio")
-    limit_size = summary.get("size_limit_bytes")
+        for value in (c.predicted, c.measured, c.final):
+            if value is not None and value.size_bytes and value.perplexity_ratio:
+                points.append((value.size_bytes, value.perplexity_ratio))
+    limit_ratio = section.goal.get("max_perplexity_ratio")
+    limit_size = section.size_limit_bytes
     xs = [p[0] / 1e6 for p in points] + ([limit_size / 1e6] if limit_size else [])
     ys = [p[1] for p in points] + ([limit_ratio] if limit_ratio else [])
     x0, x1 = min(xs) * 0.97, max(xs) * 1.03
@@ -76,23 +76,23 @@ def pareto_svg(summary: dict[str, Any]) -> str:
         out.append(f'<line x1="{sx(limit_size / 1e6):.1f}" x2="{sx(limit_size / 1e6):.1f}" '
                    f'y1="{TOP}" y2="{H - BOTTOM}" stroke="#d62728" stroke-dasharray="5,4"/>')
     legend = []
-    for index, (name, front) in enumerate(sorted(summary["fronts"].items())):
+    for index, (name, front) in enumerate(sorted(section.fronts.items())):
         color = COLORS[index % len(COLORS)]
         path = " ".join(f"{sx(b / 1e6):.1f},{sy(r):.1f}" for b, r in sorted(front))
         out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.5"'
                    f'><title>predicted {escape(name)}</title></polyline>')
         legend.append((color, f"predicted {name}", "line"))
     for index, c in enumerate(candidates):
-        pred, meas, final = c.get("predicted") or {}, c.get("measured") or {}, c.get("final")
-        if not meas.get("perplexity_ratio"):
+        pred, meas, final = c.predicted, c.measured, c.final
+        if not meas.perplexity_ratio or meas.size_bytes is None:
             continue
-        px, py = sx(pred["size_bytes"] / 1e6), sy(pred["perplexity_ratio"])
-        mx, my = sx(meas["size_bytes"] / 1e6), sy(meas["perplexity_ratio"])
-        recovered = c.get("recovered", False)
-        family = f"{c['family']} + PERP" if recovered else c["family"]
+        px, py = sx(pred.size_bytes / 1e6), sy(pred.perplexity_ratio)
+        mx, my = sx(meas.size_bytes / 1e6), sy(meas.perplexity_ratio)
+        recovered = c.recovered
+        family = f"{c.family} + PERP" if recovered else c.family
         label = (f"candidate {index + 1} ({escape(family)}): predicted "
-                 f"{pred['perplexity_ratio']:.4f}, measured {meas['perplexity_ratio']:.4f}, "
-                 f"{meas['size_bytes'] / 1e6:.1f} MB")
+                 f"{pred.perplexity_ratio:.4f}, measured {meas.perplexity_ratio:.4f}, "
+                 f"{meas.size_bytes / 1e6:.1f} MB")
         out.append(f'<line x1="{px:.1f}" y1="{py:.1f}" x2="{mx:.1f}" y2="{my:.1f}" '
                    'stroke="#555" stroke-dasharray="2,2"/>'
                    f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="white" stroke="#555"/>'
@@ -100,12 +100,12 @@ def pareto_svg(summary: dict[str, Any]) -> str:
                    f'fill="{RECOVERED if recovered else "#333"}"><title>{label}'
                    f'</title></circle>'
                    f'<text x="{mx + 6:.1f}" y="{my - 6:.1f}">{index + 1}</text>')
-        if final and final.get("perplexity_ratio"):
-            out.append(f'<circle cx="{sx(final["size_bytes"] / 1e6):.1f}" '
-                       f'cy="{sy(final["perplexity_ratio"]):.1f}" r="8" fill="none" '
+        if final is not None and final.perplexity_ratio and final.size_bytes is not None:
+            out.append(f'<circle cx="{sx(final.size_bytes / 1e6):.1f}" '
+                       f'cy="{sy(final.perplexity_ratio):.1f}" r="8" fill="none" '
                        f'stroke="#d62728" stroke-width="2"><title>candidate {index + 1} at the '
-                       f'full evaluation: {final["perplexity_ratio"]:.4f}</title></circle>')
-    if any(c.get("recovered") for c in candidates):
+                       f'full evaluation: {final.perplexity_ratio:.4f}</title></circle>')
+    if any(c.recovered for c in candidates):
         legend.append((RECOVERED, "measured, retrained (PERP)", "dot"))
     legend += [("#555", "predicted (hollow) -> measured", "dot"),
                ("#d62728", "full evaluation / goal limits", "ring")]

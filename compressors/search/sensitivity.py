@@ -14,6 +14,10 @@ Two passes on a few calibration windows:
    (`Δloss_layer = scale · proxy_layer`); additivity across layers is the assumption the
    verification checks (predicted against measured in the report). A dtype probe gives the
    loss increase of holding the model in bfloat16.
+
+What a level does to a weight is the method's own cheap stand-in (`SearchSpace.perturb`, read
+from the registry); the input norms Wanda-style stand-ins score with are gathered once per
+block by the engine's `InputNormAccumulator`.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ from torch import nn
 
 from compressors.engine.modules import select_layers, weight_matrix
 from compressors.engine.sequential import BlockContext, run_sequential
-from compressors.methods import import_object
-from compressors.methods.wanda.step import InputNormAccumulator
-from compressors.search.operations import OPERATIONS
+from compressors.engine.statistics import InputNormAccumulator
+from compressors.engine.windows import calibration_windows
+from compressors.io.loading import LoadedModel
+from compressors.methods import import_object, search_spaces
+from compressors.report.search import SensitivitySummary
+from compressors.search.goal import Goal
 
 ProgressFn = Callable[[float, str], None]
 Family = tuple[str, str]  # (method, level)
-_NEEDS_NORMS = {"wanda", "sparsegpt"}
 
 
 @dataclass
@@ -59,23 +65,30 @@ class Sensitivity:
         """Predicted Δ mean NLL of applying `family` to layer `name` alone."""
         return self.scale(family) * self.proxy[name][family]
 
-    def to_json(self) -> dict:
+    def summary(self) -> SensitivitySummary:
+        """The report's view: per family ("method:level") and per layer."""
         families = sorted({f for per in self.proxy.values() for f in per})
-        return {
-            "windows": self.windows, "seconds": round(self.seconds, 2),
-            "dense_loss": self.dense_loss,
-            "probe_loss": {f"{m}:{lv}": v for (m, lv), v in self.probe_loss.items()},
-            "dtype_loss": self.dtype_loss,
-            "scale": {f"{m}:{lv}": self.scale((m, lv)) for m, lv in families},
-            "per_layer": {name: {f"{m}:{lv}": self.loss(name, (m, lv)) for m, lv in families}
-                          for name in self.layers},
-        }
+        return SensitivitySummary(
+            windows=self.windows, seconds=round(self.seconds, 2), dense_loss=self.dense_loss,
+            probe_loss={f"{m}:{lv}": v for (m, lv), v in self.probe_loss.items()},
+            dtype_loss=self.dtype_loss,
+            scale={f"{m}:{lv}": self.scale((m, lv)) for m, lv in families},
+            per_layer={name: {f"{m}:{lv}": self.loss(name, (m, lv)) for m, lv in families}
+                       for name in self.layers})
 
 
 def _perturbed(method: str, level: str, weight: torch.Tensor,
                norms: torch.Tensor | None) -> torch.Tensor:
-    function = import_object(OPERATIONS[method].perturb)
-    return function(weight.float(), level, norms).to(weight.dtype)
+    """The method's stand-in applied to one weight (given the input norms only if it
+    declared it uses them)."""
+    space = search_spaces()[method]
+    given = norms if space.needs_input_norms else None
+    return import_object(space.perturb)(weight.float(), level, given).to(weight.dtype)
+
+
+def _needs_norms(families: list[Family]) -> bool:
+    spaces = search_spaces()
+    return any(spaces[method].needs_input_norms for method, _ in families)
 
 
 def _relative_change(new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
@@ -93,7 +106,7 @@ def _block_proxies(block: BlockContext, families: list[Family],
     """Fill `proxy` for the block's layers; returns their input norms (when a family uses
     them: Wanda-style pruning)."""
     norms = InputNormAccumulator()
-    if any(method in _NEEDS_NORMS for method, _ in families):
+    if _needs_norms(families):
         block.collect(norms)
     reference = block.outputs()
     for name, layer in block.layers.items():
@@ -146,7 +159,8 @@ def measure(
     """
     began = time.perf_counter()
     report = progress or (lambda _f, _m: None)
-    families = [(m, level) for m in methods for level in OPERATIONS[m].levels]
+    spaces = search_spaces()
+    families = [(m, level) for m in methods for level in spaces[m].levels]
     layers = select_layers(model)
     proxy: dict[str, dict[Family, float]] = {}
     input_norms: dict[str, torch.Tensor] = {}
@@ -175,3 +189,12 @@ def measure(
         probe_loss=probes, dtype_loss=dtype_loss, dense_loss=dense,
         other_parameters=total_params - target_params, seconds=time.perf_counter() - began,
         windows=list(windows.shape))
+
+
+def measure_for_goal(reference: LoadedModel, goal: Goal, progress: ProgressFn | None = None
+                     ) -> Sensitivity:
+    """The search's first phase: the goal's byte-saving methods and dtypes measured on its
+    `sensitivity` calibration windows, on the float32 original."""
+    windows = calibration_windows(reference.tokenizer, goal.sensitivity)
+    return measure(reference.model, windows, goal.shrinking_methods(), list(goal.dtypes),
+                   progress)

@@ -62,8 +62,8 @@ async def _checked(request: Request, settings: Settings, owner: str,
     a refusal is a 422 naming each field."""
     limits = await asyncio.to_thread(request.app.state.limits.get)
     checks: SubmissionChecks = request.app.state.submission_checks
-    answer = await checks.run(check_submission, settings, owner, body.model, body.recipe,
-                              body.goal, limits)
+    answer = await checks.run(check_submission, settings, owner, body.model, body.spec,
+                              limits)
     if isinstance(answer, Refused):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, answer.errors)
     return answer
@@ -85,7 +85,7 @@ async def submit_job(body: JobSubmission, request: Request, principal: Principal
     accepted = await _checked(request, settings, principal.name, body)
     await _within_active_bound(settings, store, aredis, principal.name)
     record = JobRecord.submitted(principal.name, body.name, body.model, accepted.model_path,
-                                 accepted.recipe or {}, settings.job_retries + 1,
+                                 accepted.recipe, settings.job_retries + 1,
                                  goal=accepted.goal)
     recorded = redis.pipeline()
     rq_queue.enqueue(queue, record.id, settings, pipeline=recorded)  # opens the MULTI

@@ -12,14 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compressors.recipe.schema import Recipe
 from compressors.safe_strings import SafeLabel, SafeName
+from compressors.search.goal import Goal
 from jobs.artifacts import ArtifactFile
 from jobs.model_registry import ModelEntry
 from jobs.queue import WorkerInfo
 from jobs.records import JobView
+from jobs.spec import JobSpec
 
 
 class JobSubmission(BaseModel):
-    """What a client posts; the recipe is validated by the library's own pydantic models.
+    """What a client posts; the recipe or goal is validated by the library's own pydantic
+    models, so a bad field is a 422 naming it (`["body", "goal", "recovery", "text"]`).
 
     `model` names a registry entry or a server path, so it follows the name rules of
     `compressors.safe_strings` (no control, bidi or surrogate character: it reaches `stat`,
@@ -35,10 +38,9 @@ class JobSubmission(BaseModel):
     recipe: Recipe | None = Field(
         None, description="steps (each one method's parameters, see /methods), calibration "
         "and evaluation settings")
-    goal: dict[str, Any] | None = Field(
-        None, description="instead of a recipe: {minimize, max_perplexity_ratio, "
-        "max_size_bytes | max_size_ratio, methods, budget_minutes, ...}; the worker searches "
-        "for the recipe (compressors.search.Goal)")
+    goal: Goal | None = Field(
+        None, description="instead of a recipe: what to minimize under which budgets; the "
+        "worker searches for the recipe")
     name: SafeLabel = Field("", max_length=200, description="a label for people")
 
     @model_validator(mode="after")
@@ -46,6 +48,13 @@ class JobSubmission(BaseModel):
         if (self.recipe is None) == (self.goal is None):
             raise ValueError("recipe: give exactly one of recipe or goal")
         return self
+
+    @property
+    def spec(self) -> JobSpec:
+        """The recipe or the goal, whichever was given: the checks take either."""
+        spec = self.recipe if self.recipe is not None else self.goal
+        assert spec is not None  # `_recipe_or_goal` holds exactly one
+        return spec
 
 
 class JobPage(BaseModel):

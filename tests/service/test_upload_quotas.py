@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import tarfile
@@ -24,7 +25,19 @@ import pytest
 from service_helpers import auth
 
 CONFIG = json.dumps({"model_type": "llama"}).encode()
-WEIGHTS = bytes(range(256)) * 40  # 10 KiB of "weights": the upload only checks the suffix
+
+
+def _safetensors(size: int) -> bytes:
+    """A valid safetensors file of exactly `size` bytes (one uint8 tensor fills the rest):
+    uploads read every header, so the weights must be a real file, of a size the quota
+    tests can count on. The header is padded with spaces, as safetensors allows."""
+    head_room = 128
+    data = size - 8 - head_room
+    head = json.dumps({"w": {"dtype": "U8", "shape": [data], "data_offsets": [0, data]}})
+    return struct.pack("<Q", head_room) + head.ljust(head_room).encode() + b"w" * data
+
+
+WEIGHTS = _safetensors(10 * 1024)
 
 
 def _model(extra: int = 0, weights: bytes = WEIGHTS) -> dict[str, bytes]:
@@ -158,7 +171,7 @@ def test_the_probe_of_100000_files_is_refused_while_listing(client, settings, fr
 
 def test_models_per_key_is_429_naming_the_limit_and_delete_frees_it(strict, settings, token):
     owner, key = _strict_key(strict, token)
-    small = _tar(_model(weights=b"w" * 1000))
+    small = _tar(_model(weights=_safetensors(1000)))
     assert _upload(strict, key, "one", small).status_code == 201
     assert _upload(strict, key, "two", small).status_code == 201
     refused = _upload(strict, key, "three", small)
@@ -178,7 +191,7 @@ def _uploaded(client, key: str) -> dict[str, dict[str, Any]]:
 
 def test_bytes_per_key_is_429_naming_the_limit_and_delete_frees_it(strict, settings, token):
     owner, key = _strict_key(strict, token)
-    big = _tar(_model(weights=b"w" * 15_000))  # 15,000 + config bytes: one fits in 25,000
+    big = _tar(_model(weights=_safetensors(15_000)))  # 15,000 + config bytes: one fits in 25,000
     assert _upload(strict, key, "first", big).status_code == 201
     refused = _upload(strict, key, "second", big)  # past the room left while unpacking
     assert refused.status_code == 429, refused.text
@@ -192,7 +205,7 @@ def test_bytes_per_key_is_429_naming_the_limit_and_delete_frees_it(strict, setti
 
 def test_a_full_key_is_refused_before_its_body_is_read(strict, token):
     _, key = _strict_key(strict, token)
-    exact = _tar(_model(weights=b"w" * (25_000 - len(CONFIG))))  # exactly the quota
+    exact = _tar(_model(weights=_safetensors(25_000 - len(CONFIG))))  # exactly the quota
     assert _upload(strict, key, "all", exact).status_code == 201
     refused = _upload(strict, key, "more", b"not even an archive")
     assert refused.status_code == 429  # not 422: the archive was never looked at
@@ -203,7 +216,7 @@ def test_concurrent_uploads_cannot_both_pass_a_quota_only_one_fits(strict, setti
     """Two uploads at once, each fitting alone: one is stored, the other refused (whichever
     check it meets: the room before receiving, or the atomic admission before the rename)."""
     owner, key = _strict_key(strict, token)
-    body = _tar(_model(weights=b"w" * 15_000))
+    body = _tar(_model(weights=_safetensors(15_000)))
     start = threading.Barrier(2)
     answers: dict[str, int] = {}
 
@@ -295,7 +308,7 @@ def test_a_lost_record_heals_from_disk(strict, settings, token, redis):
     """Redis that kept nothing (a restart on the CI machine): the first reader rebuilds the
     owner's record from its folder, and the quota holds again."""
     owner, key = _strict_key(strict, token)
-    small = _tar(_model(weights=b"w" * 1000))
+    small = _tar(_model(weights=_safetensors(1000)))
     assert _upload(strict, key, "kept", small).status_code == 201
     assert _upload(strict, key, "also", small).status_code == 201
     before = _uploaded(strict, key)

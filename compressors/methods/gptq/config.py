@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from compressors.methods.method import Method
+from compressors.methods.method import Method, SearchSpace
 from compressors.recipe.fields import WeightGridConfig
 from compressors.recipe.step import MemoryNeeds
 
@@ -41,4 +41,12 @@ METHOD = Method(
     charts=("quantization-error",), uses_masks=True, blockwise=True,
     leaves_hint="quantized weights are final: put gptq last",
     memory=MemoryNeeds(hessians=True),
-    formats=("compressors.io.compressed_tensors:FORMAT",))
+    formats=("compressors.io.compressed_tensors:FORMAT",),
+    search=SearchSpace(
+        ("int8", "int4"), mixed_levels=False,
+        perturb="compressors.methods.gptq.search:perturb",
+        step="compressors.methods.gptq.search:step",
+        layer_bytes="compressors.methods.gptq.search:layer_bytes",
+        note="one bits value per step, like bitsandbytes: int8 per channel, int4 in groups "
+             "(auto size); sensitivity measured with round-to-nearest on the same grid, an "
+             "upper bound on GPTQ's error-fed result"))

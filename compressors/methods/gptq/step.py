@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +28,7 @@ from compressors.engine.quantization import (
 )
 from compressors.engine.sequential import BlockContext, run_sequential
 from compressors.methods.gptq.config import GPTQConfig
+from compressors.methods.gptq.section import GPTQSection
 from compressors.methods.gptq.sweep import gptq_quantize
 from compressors.ops.hessian import HessianAccumulator, HessianFactor, one_thread
 from compressors.ops.int_grid import Grid, QuantizedWeight
@@ -101,14 +101,11 @@ def run(model: nn.Module, config: GPTQConfig, context: StepContext) -> StepResul
     context.progress(0.0, f"quantizing {len(targets)} layers to {config.label}")
     run_sequential(model, context.calibration_tokens(), targets, quantize_block, context.progress)
     seconds = time.perf_counter() - began
-    extra: dict[str, Any] = {
-        "act_order": config.act_order, "dampening": config.dampening,
-        "blocksize": config.blocksize, "obs_loss_total": sum(losses),
-        "cholesky_fallbacks": fallbacks, "dead_inputs": dead,
-        "skipped_layers": skipped_layers(model, targets),
-    }
-    section = record.section(context, seconds, extra)
+    section = record.section(
+        GPTQSection, context, seconds, skipped_layers(model, targets),
+        act_order=config.act_order, dampening=config.dampening, blocksize=config.blocksize,
+        obs_loss_total=sum(losses), cholesky_fallbacks=fallbacks, dead_inputs=dead)
     details = {"scheme": config.label, "quantized_layers": len(targets),
-               "bits_per_weight": section["bits_per_weight"], "quantize_seconds": seconds,
-               "mean_relative_error": section["relative_error"]["mean"]}
+               "bits_per_weight": section.bits_per_weight, "quantize_seconds": seconds,
+               "mean_relative_error": section.relative_error.mean}
     return StepResult(details=details, section=section, charts=[record.chart()])

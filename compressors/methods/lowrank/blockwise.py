@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +48,8 @@ ProgressFn = Callable[[float, str], None]
 
 @dataclass
 class LayerRecord:
-    """What happened to one layer, for the report (errors relative to the output energy)."""
+    """What happened to one layer, noted while the blocks run (errors relative to the output
+    energy); the report shows it as `section.LowRankLayer`."""
 
     rank: int | None  # None: left dense
     predicted: float = 0.0  # Σ discarded σᵢ² / Σ σᵢ² of W·S (of W for the plain init)
@@ -58,9 +58,6 @@ class LayerRecord:
     refit: float | None = None  # the same after the least-squares refit (None: not run)
     refit_kept: bool = False
     whitening: str = ""  # cholesky / eigen
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass

@@ -41,6 +41,7 @@ from compressors.methods.lowrank.factorize import (
 )
 from compressors.methods.lowrank.fisher import output_fisher
 from compressors.methods.lowrank.layers import LowRankLinear, lowrank_layers, merge_to_dense
+from compressors.methods.lowrank.section import EmbeddingCosine, LowRankLayer, LowRankSection
 from compressors.methods.lowrank.train import train_pela, training_windows
 from compressors.ops.whitening import WhitenedSVD, allocate_by_loss
 from compressors.recipe.text import load_text
@@ -257,10 +258,10 @@ def sentence_embeddings(
 
 
 def embedding_cosine(reference: torch.Tensor, model: nn.Module, tokenizer: Any,
-                     sentences: list[str]) -> dict[str, float]:
+                     sentences: list[str]) -> EmbeddingCosine:
     cos = torch.nn.functional.cosine_similarity(
         reference, sentence_embeddings(model, tokenizer, sentences), dim=-1)
-    return {"mean": float(cos.mean()), "min": float(cos.min())}
+    return EmbeddingCosine(mean=float(cos.mean()), min=float(cos.min()))
 
 
 def run(model: nn.Module, config: LowRankConfig, context: StepContext) -> StepResult:
@@ -297,7 +298,7 @@ def run(model: nn.Module, config: LowRankConfig, context: StepContext) -> StepRe
     svd_seconds = time.perf_counter() - started
     context.progress(0.05, f"factorized {len(factorized)} layers")
 
-    quality: dict[str, Any] = {}
+    quality: dict[str, Any] = {}  # the section's optional keys: what this model measures
     if evaluate_ppl:
         context.progress(0.05, "perplexity after factorization only")
         quality["perplexity_svd"] = perplexity(model, context.evaluation_tokens())
@@ -319,38 +320,39 @@ def run(model: nn.Module, config: LowRankConfig, context: StepContext) -> StepRe
     del teacher
 
     done = {n: r for n, r in records.items() if r.rank is not None}
-    section: dict[str, Any] = {
-        "init": config.init,
-        "allocation": config.allocation if config.target_params is not None else None,
-        "refit": config.refit and config.init == "whitened",
-        "weighting": config.weighting if config.init == "whitened" else None,
-        "training_text": (str(config.text or context.calibration.text)
-                          if config.train_steps > 0 and context.tokenizer is not None else None),
-        "layers_targeted": len(layers),
-        "layers_factorized": len(factorized),
-        "layers_skipped": skipped,
-        "ranks": {name: layer.rank for name, layer in factorized.items()},
-        "layers": {name: record.as_dict() for name, record in records.items()},
-        "predicted_error_mean": _mean([r.predicted for r in done.values()]),
-        "measured_error_mean": _mean([r.measured for r in done.values()
-                                      if r.measured is not None]),
-        "error_vs_original_mean": _mean([r.vs_original for r in done.values()
-                                         if r.vs_original is not None]),
-        "error_after_refit_mean": _mean([r.refit if r.refit_kept else r.vs_original
-                                         for r in done.values() if r.refit is not None]),
-        "refit_kept": sum(r.refit_kept for r in done.values()),
-        "params_targeted_before": targeted_before,
-        "params_targeted_after": targeted_after,
-        "kept_fraction_targeted": targeted_after / targeted_before,
-        "targeted_share_of_model": targeted_before / model_before,
-        "params_model_before": model_before,
-        "params_model_after": model_after,
-        "parameter_bytes_after": sum(p.numel() * p.element_size() for p in model.parameters()),
-        "seconds_svd": svd_seconds,
-        "train": log.summary() if log else None,
-        "export_dense": config.export_dense,
+    section = LowRankSection(
+        init=config.init,
+        allocation=config.allocation if config.target_params is not None else None,
+        refit=config.refit and config.init == "whitened",
+        weighting=config.weighting if config.init == "whitened" else None,
+        training_text=(str(config.text or context.calibration.text)
+                       if config.train_steps > 0 and context.tokenizer is not None else None),
+        layers_targeted=len(layers),
+        layers_factorized=len(factorized),
+        layers_skipped=skipped,
+        ranks={name: layer.rank for name, layer in factorized.items()},
+        layers={name: LowRankLayer.model_validate(record, from_attributes=True)
+                for name, record in records.items()},
+        predicted_error_mean=_mean([r.predicted for r in done.values()]),
+        measured_error_mean=_mean([r.measured for r in done.values()
+                                   if r.measured is not None]),
+        error_vs_original_mean=_mean([r.vs_original for r in done.values()
+                                      if r.vs_original is not None]),
+        error_after_refit_mean=_mean([r.refit if r.refit_kept else r.vs_original
+                                      for r in done.values() if r.refit is not None]),
+        refit_kept=sum(r.refit_kept for r in done.values()),
+        params_targeted_before=targeted_before,
+        params_targeted_after=targeted_after,
+        kept_fraction_targeted=targeted_after / targeted_before,
+        targeted_share_of_model=targeted_before / model_before,
+        params_model_before=model_before,
+        params_model_after=model_after,
+        parameter_bytes_after=sum(p.numel() * p.element_size() for p in model.parameters()),
+        seconds_svd=svd_seconds,
+        train=log.summary() if log else None,
+        export_dense=config.export_dense,
         **quality,
-    }
+    )
     if config.export_dense:
         merge_to_dense(model)
     context.progress(1.0, "done")
@@ -359,12 +361,12 @@ def run(model: nn.Module, config: LowRankConfig, context: StepContext) -> StepRe
         "layers_factorized": len(factorized),
         "params_targeted_before": targeted_before,
         "params_targeted_after": targeted_after,
-        **{k: v for k, v in quality.items()},
+        **section.model_dump(mode="json", include=set(quality)),
     }
     # Merging to dense changes the float sums: the pipeline then measures the merged model.
     final = None if config.export_dense else quality.get(
         "perplexity_trained", quality.get("perplexity_svd"))
-    charts = [layer_chart("ranks", "Rank per factorized layer", section["ranks"], "rank")]
+    charts = [layer_chart("ranks", "Rank per factorized layer", section.ranks, "rank")]
     if done:
         charts.append(error_chart(records))
     if log is not None:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from compressors.methods.method import Method
+from compressors.methods.method import Method, SearchSpace
 from compressors.recipe.fields import PruningConfig
 
 
@@ -22,4 +22,10 @@ class MagnitudeConfig(PruningConfig):
 METHOD = Method(
     "magnitude", MagnitudeConfig,
     "prune the smallest |W| per matrix or per row; unstructured or N:M",
-    blockwise=True)
+    blockwise=True,
+    search=SearchSpace(
+        ("s0.25", "s0.5"), mixed_levels=True,
+        perturb="compressors.methods.magnitude.search:perturb",
+        step="compressors.methods.magnitude.search:step",
+        note="non-uniform per-layer sparsity (layer_sparsity); zeros are stored, so the "
+             "checkpoint does not shrink"))

@@ -16,7 +16,6 @@ Objectives:
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from torch import nn
 
 from compressors.engine.context import StepContext, StepResult
 from compressors.engine.modules import find_blocks, is_causal_lm, select_layers, weight_matrix
+from compressors.engine.sections import SegmentLoss
 from compressors.engine.sequential import BlockContext, block_output, run_sequential
 from compressors.engine.training import (
     TrainLog,
@@ -44,6 +44,7 @@ from compressors.methods.perp.adapters import (
     wrap_lm_head,
 )
 from compressors.methods.perp.config import PerpConfig
+from compressors.methods.perp.section import PerplexityPair, RetrainingSection
 
 
 def current_masks(model: nn.Module, context: StepContext) -> dict[str, torch.Tensor]:
@@ -115,8 +116,9 @@ def run(model: nn.Module, config: PerpConfig, context: StepContext) -> StepResul
     progress(1.0, "retraining done")
 
     section = _section(config, text, log, seconds, total_params, masks, before, after)
-    details = {k: section[k] for k in ("mode", "objective", "trainable_parameters",
-                                       "trainable_percent", "steps", "tokens", "masks_preserved")}
+    details = section.model_dump(include={"mode", "objective", "trainable_parameters",
+                                          "trainable_percent", "steps", "tokens",
+                                          "masks_preserved"})
     return StepResult(details=details, section=section,
                       charts=[log.chart("perp-loss", "Retraining loss (PERP)")],
                       perplexity=after.get("evaluation"))
@@ -187,8 +189,8 @@ def _train_reconstruct(
             for param in params:
                 param.requires_grad_(False)
         log.extend(block_log)
-        log.segments.append({"block": ctx.name, "first_loss": block_log.total[0],
-                           "last_loss": block_log.total[-1]})
+        log.segments.append(SegmentLoss(block=ctx.name, first_loss=block_log.total[0],
+                                        last_loss=block_log.total[-1]))
 
     try:
         run_sequential(model, windows, {n: modules[n] for n in masks}, process_block, progress,
@@ -209,31 +211,20 @@ def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 def _section(
     config: PerpConfig, text: str, log: TrainLog, seconds: float, total: int,
     masks: dict[str, torch.Tensor], before: dict[str, float], after: dict[str, float],
-) -> dict[str, Any]:
+) -> RetrainingSection:
     perplexities = {
-        name: {
-            "text": "evaluation" if name == "evaluation" else config.second_text,
-            "pruned": before[name],
-            "retrained": after[name],
-        }
+        name: PerplexityPair(text="evaluation" if name == "evaluation" else config.second_text,
+                             pruned=before[name], retrained=after[name])
         for name in before
     }
     trainable = log.trainable_parameters
-    return {
-        "mode": config.mode,
-        "objective": config.objective,
-        "training_text": text,
-        "layers_adapted": len(masks) if config.mode != "norms" else 0,
-        "lm_head_adapter": config.lm_head_adapter,
-        "trainable_parameters": trainable,
-        "model_parameters": total,
-        "trainable_percent": 100.0 * trainable / total,
-        "steps": log.steps,
-        "tokens": log.tokens,
-        "seconds": seconds,
-        "train": log.summary(),
-        "block_losses": log.segments or None,
-        "perplexity": perplexities or None,
-        "masks_preserved": True,
-        "pruned_weights": int(sum(int((~m).sum()) for m in masks.values())),
-    }
+    return RetrainingSection(
+        mode=config.mode, objective=config.objective, training_text=text,
+        layers_adapted=len(masks) if config.mode != "norms" else 0,
+        lm_head_adapter=config.lm_head_adapter, trainable_parameters=trainable,
+        model_parameters=total, trainable_percent=100.0 * trainable / total,
+        steps=log.steps, tokens=log.tokens, seconds=seconds, train=log.summary(),
+        block_losses=log.segments or None, perplexity=perplexities or None,
+        masks_preserved=True,
+        pruned_weights=int(sum(int((~m).sum()) for m in masks.values())),
+    )

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from compressors.methods.method import Method
+from compressors.methods.method import Method, SearchSpace
 from compressors.recipe.fields import LayerSelection, int_choice, rename_deprecated
 from compressors.recipe.step import MemoryNeeds, StepConfig, WeightForm
 
@@ -93,4 +93,11 @@ METHOD = Method(
     leaves_hint="quantized weights are final: put quantize last",
     memory=MemoryNeeds(reload=True),
     formats=("compressors.methods.quantize.checkpoint:FORMAT",),
-    layer_kinds=("compressors.methods.quantize.layers:LAYER_KIND",))
+    layer_kinds=("compressors.methods.quantize.layers:LAYER_KIND",),
+    search=SearchSpace(
+        ("int8", "nf4"), mixed_levels=False,
+        perturb="compressors.methods.quantize.search:perturb",
+        step="compressors.methods.quantize.search:step",
+        layer_bytes="compressors.methods.quantize.search:layer_bytes",
+        note="bitsandbytes: one bits value per step, so per layer int8|dense or nf4|dense; "
+             "layers kept dense are excluded from the step"))

@@ -30,6 +30,12 @@ from compressors.methods.quantize.layers import (
     is_bnb_layer,
     remember_canonical,
 )
+from compressors.methods.quantize.section import (
+    LORC_NOTE,
+    Footprint,
+    LorcSection,
+    QuantizeSection,
+)
 
 DEFAULT_4BIT_BLOCKSIZE = 64  # what transformers' loader quantizes with
 
@@ -138,7 +144,7 @@ def requantize_blocksize(
 
 def add_corrections(
     quantized: nn.Module, originals: dict[str, torch.Tensor], rank: int, progress
-) -> dict[str, Any]:
+) -> LorcSection:
     """LoRC on every quantized layer; returns the rank / extra bytes / layer-error summary."""
     layers = dict(bnb_layers(quantized))
     extra_bytes = extra_parameters = 0
@@ -155,12 +161,12 @@ def add_corrections(
         errors_before.append(lorc.relative_error(reference, approx))
         errors_after.append(lorc.relative_error(reference, lorc.corrected(approx, up, down)))
         progress((index + 1) / len(originals), f"LoRC rank {rank}: {name}")
-    return {
-        "rank": rank, "layers": len(originals), "factor_dtype": str(lorc.FACTOR_DTYPE),
-        "extra_parameters": extra_parameters, "extra_bytes": extra_bytes,
-        "mean_relative_error_before": sum(errors_before) / len(errors_before),
-        "mean_relative_error_after": sum(errors_after) / len(errors_after),
-    }
+    return LorcSection(
+        rank=rank, layers=len(originals), factor_dtype=str(lorc.FACTOR_DTYPE),
+        extra_parameters=extra_parameters, extra_bytes=extra_bytes,
+        mean_relative_error_before=sum(errors_before) / len(errors_before),
+        mean_relative_error_after=sum(errors_after) / len(errors_after), note=LORC_NOTE,
+    )
 
 
 def zeros_kept(quantized: nn.Module, originals: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -202,21 +208,18 @@ def run(model: nn.Module, config: QuantizeConfig, context: StepContext) -> StepR
     if config.bits == 4 and config.blocksize != DEFAULT_4BIT_BLOCKSIZE:
         requantize_blocksize(quantized, originals, config.blocksize)
     remember_canonical(quantized)
-    section: dict[str, Any] = {
-        "scheme": config.label, "bits": config.bits, "quantized_layers": len(targets),
-        "skipped_layers": skipped, "compute": effective_compute(config, context.device),
-        **zeros_kept(quantized, originals),
-    }
-    if config.lorc_rank:
-        section["lorc"] = add_corrections(quantized, originals, config.lorc_rank, context.progress)
-        section["lorc"]["note"] = ("the factors add a dense low-rank term: zeros of the stored "
-                                   "weights are not zeros of the corrected weights")
+    zeros = zeros_kept(quantized, originals)
+    corrections = (add_corrections(quantized, originals, config.lorc_rank, context.progress)
+                   if config.lorc_rank else None)
     seconds = time.perf_counter() - began
-    section["quantize_seconds"] = seconds
-    section["footprint_bytes"] = {"before": footprint_before, "after": memory_footprint(quantized)}
-    details = {"scheme": config.label, "quantized_layers": len(targets),
-               "quantize_seconds": seconds}
-    if config.lorc_rank:
-        details["lorc_extra_bytes"] = section["lorc"]["extra_bytes"]
+    section = QuantizeSection(
+        scheme=config.label, bits=config.bits, quantized_layers=len(targets),
+        skipped_layers=skipped, compute=effective_compute(config, context.device), **zeros,
+        lorc=corrections, quantize_seconds=seconds,
+        footprint_bytes=Footprint(before=footprint_before, after=memory_footprint(quantized)))
+    details: dict[str, Any] = {"scheme": config.label, "quantized_layers": len(targets),
+                               "quantize_seconds": seconds}
+    if corrections is not None:
+        details["lorc_extra_bytes"] = corrections.extra_bytes
     context.progress(1.0, "quantized")
     return StepResult(details=details, section=section, model=quantized)

@@ -20,6 +20,7 @@ from compressors.engine.quantization import (
     skipped_layers,
     target_layers,
 )
+from compressors.engine.sections import QuantizationSection
 from compressors.engine.sequential import BlockContext, run_blockwise
 from compressors.methods.rtn.config import RTNConfig
 from compressors.ops.hessian import one_thread
@@ -44,7 +45,8 @@ def run(model: nn.Module, config: RTNConfig, context: StepContext) -> StepResult
     context.progress(0.0, f"rounding {len(targets)} layers to {config.label}")
     run_blockwise(model, targets, quantize_block, context.progress)
     seconds = time.perf_counter() - began
-    section = record.section(context, seconds, {"skipped_layers": skipped_layers(model, targets)})
+    section = record.section(QuantizationSection, context, seconds,
+                             skipped_layers(model, targets))
     details = {"scheme": config.label, "quantized_layers": len(targets),
-               "bits_per_weight": section["bits_per_weight"], "quantize_seconds": seconds}
+               "bits_per_weight": section.bits_per_weight, "quantize_seconds": seconds}
     return StepResult(details=details, section=section, charts=[record.chart()])

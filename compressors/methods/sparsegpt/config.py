@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from compressors.methods.method import Method
+from compressors.methods.method import Method, SearchSpace
 from compressors.recipe.fields import PruningConfig
 from compressors.recipe.step import MemoryNeeds
 
@@ -45,4 +45,10 @@ METHOD = Method(
     "sparsegpt", SparseGPTConfig,
     "SparseGPT: OBS pruning with weight reconstruction from each layer's Hessian "
     "(Frantar & Alistarh 2023); unstructured or N:M",
-    needs_calibration=True, blockwise=True, memory=MemoryNeeds(hessians=True))
+    needs_calibration=True, blockwise=True, memory=MemoryNeeds(hessians=True),
+    search=SearchSpace(
+        ("s0.25", "s0.5"), mixed_levels=True, needs_input_norms=True,
+        perturb="compressors.methods.sparsegpt.search:perturb",
+        step="compressors.methods.sparsegpt.search:step",
+        note="non-uniform per-layer sparsity (layer_sparsity); sensitivity measured with "
+             "Wanda's mask (no reconstruction): an upper bound on SparseGPT's error"))

@@ -7,29 +7,15 @@ layers of a block are scored on one pass over the dense block, then pruned toget
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from compressors.engine.context import StepContext, StepResult
 from compressors.engine.modules import select_layers, weight_matrix
 from compressors.engine.pruning import PruningRecord, apply_mask
 from compressors.engine.sequential import BlockContext, run_sequential
+from compressors.engine.statistics import InputNormAccumulator
 from compressors.methods.wanda.config import WandaConfig
 from compressors.ops.masks import choose_mask, wanda_scores
-
-
-class InputNormAccumulator:
-    """Per-layer running sum of squared input activations, one value per input feature."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-
-    def __call__(self, name: str, _layer: nn.Module, inputs: torch.Tensor) -> None:
-        squared = inputs.float().pow(2).sum(dim=0)
-        if name in self.sums:
-            self.sums[name] += squared
-        else:
-            self.sums[name] = squared
 
 
 def run(model: nn.Module, config: WandaConfig, context: StepContext) -> StepResult:
