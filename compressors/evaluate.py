@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressors.engine.layers import dense_weight, is_packed, layer_tensors, weight_layers
-from compressors.engine.modules import find_blocks
+from compressors.engine.layers import dense_weight, is_packed, layer_tensors
+from compressors.engine.modules import find_blocks, weight_layers
 from compressors.engine.placement import placement_of
 from compressors.engine.sequential import BlockContext, for_each_block, sequential_forward
 from compressors.recipe.protocol import LOGIT_CHUNK

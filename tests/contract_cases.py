@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from compressors.engine.layers import dense_weight, is_packed, weight_layers
-from compressors.engine.modules import find_blocks, select_layers, weight_matrix
+from compressors.engine.layers import dense_weight, is_packed
+from compressors.engine.modules import find_blocks, select_layers, weight_layers, weight_matrix
 from compressors.ops.masks import nm_groups_valid
 
 Check = Callable[[nn.Module, dict[str, Any]], None]

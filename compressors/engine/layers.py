@@ -9,6 +9,7 @@ kind that matches the layer.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,11 +47,63 @@ def _dense_weight(layer: nn.Module) -> torch.Tensor:
 DENSE = LayerKind("dense", lambda m: isinstance(m, LINEAR_TYPES), _dense_weight)
 
 
+class ExpertLayer(nn.Module):
+    """One expert's matrix of a mixture-of-experts block, as a layer every method works on.
+
+    The experts of a transformers 5 MoE block are fused 3-D parameters of one module, not
+    Linear layers (`engine.experts` finds them). This stands for one expert's `[out, in]`
+    matrix (or the rows of it that the checkpoint saves as one matrix, e.g. `gate_proj` of
+    `gate_up_proj`): `weight` is a view of the owner's parameter as it is *now* (a streamed
+    block's parameters are replaced on every load), so in-place edits (masks, reconstructed
+    or quantized weights) land in the model. It is not part of the model's module tree and
+    has no forward: the experts module computes with the fused parameter.
+    """
+
+    def __init__(self, owner: nn.Module, fused: str, expert: int, rows: slice | None,
+                 transposed: bool, name: str, per_expert_checkpoint: bool) -> None:
+        super().__init__()
+        self._owner = weakref.ref(owner)
+        self.fused = fused  # the parameter's full name: "model.layers.1.mlp.experts.down_proj"
+        self.param = fused.rpartition(".")[2]
+        self.expert, self.rows = expert, rows
+        self.transposed, self.name = transposed, name
+        self.per_expert_checkpoint = per_expert_checkpoint
+
+    @property
+    def owner(self) -> nn.Module:
+        owner = self._owner()
+        if owner is None:
+            raise RuntimeError(f"{self.name}: its experts module no longer exists")
+        return owner
+
+    @property
+    def weight(self) -> torch.Tensor:
+        matrix = getattr(self.owner, self.param).data[self.expert]
+        if self.transposed:
+            matrix = matrix.t()
+        return matrix if self.rows is None else matrix[self.rows]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: {tuple(self.weight.shape)}"
+
+
+EXPERT = LayerKind("expert", lambda m: isinstance(m, ExpertLayer), lambda layer: layer.weight)
+EDITABLE = (DENSE, EXPERT)  # kinds whose weight is a plain float matrix edited in place
+
+
 @lru_cache(maxsize=1)
 def layer_kinds() -> tuple[LayerKind, ...]:
     """Every registered kind, the methods' first (they may subclass nn.Linear)."""
     found = [import_object(ref) for m in METHODS.values() for ref in m.layer_kinds]
-    return (*found, DENSE)
+    return (*found, EXPERT, DENSE)
 
 
 def kind_of(module: nn.Module) -> LayerKind | None:
@@ -58,11 +111,6 @@ def kind_of(module: nn.Module) -> LayerKind | None:
     if isinstance(module, LINEAR_TYPES) and type(module).__module__.startswith("torch"):
         return DENSE  # the common case, without walking the registry
     return next((kind for kind in layer_kinds() if kind.matches(module)), None)
-
-
-def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every weight-holding layer of any kind (dense, quantized, factorized, ...), by name."""
-    return {name: m for name, m in model.named_modules() if kind_of(m) is not None}
 
 
 def is_packed(module: nn.Module) -> bool:

@@ -2,9 +2,11 @@
 
 A *block* is an entry of the model's largest `nn.ModuleList` whose entries all share one class
 (Llama's `model.layers`, GPT-2's `transformer.h`, BERT's `encoder.layer`, ...). A *Linear-like*
-layer is a dense `nn.Linear` or GPT-2's `Conv1D`, which stores its weight transposed;
-`weight_matrix` hides that difference by always returning an `[out_features, in_features]`
-view. Other layer kinds (quantized, factorized) are read through `engine.layers`.
+layer is a dense `nn.Linear`, GPT-2's `Conv1D` (which stores its weight transposed), or one
+expert's matrix of a mixture-of-experts block (`engine.experts`: a view into a fused 3-D
+parameter); `weight_matrix` hides those differences by always returning an
+`[out_features, in_features]` view. Other layer kinds (quantized, factorized) are read through
+`engine.layers`. Routers are Linear-like too, but never in a default selection.
 """
 
 from __future__ import annotations
@@ -14,21 +16,28 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from compressors.engine.layers import DENSE, kind_of
+from compressors.engine.experts import expert_layers, router_names
+from compressors.engine.layers import EDITABLE, ExpertLayer, kind_of
 from compressors.recipe import patterns
 
 
 def is_linear_like(module: nn.Module) -> bool:
-    """A dense Linear-like layer: what pruning, retraining and factorizing work on."""
-    return kind_of(module) is DENSE
+    """A dense Linear-like layer or an expert matrix: what pruning, quantizing, retraining
+    and factorizing work on."""
+    return kind_of(module) in EDITABLE
+
+
+def is_expert(layer: nn.Module) -> bool:
+    return isinstance(layer, ExpertLayer)
 
 
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
     """The weight as `[out, in]`; a view, so in-place edits reach the layer."""
-    if not is_linear_like(layer):
+    kind = kind_of(layer)
+    if kind not in EDITABLE:
         raise TypeError(f"{type(layer).__name__} is not a dense layer whose weights can be "
                         "edited in place; read it with engine.layers.dense_weight")
-    return DENSE.dense_weight(layer)
+    return kind.dense_weight(layer)
 
 
 def in_features(layer: nn.Module) -> int:
@@ -63,7 +72,16 @@ def block_names(model: nn.Module) -> list[str]:
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if is_linear_like(m)}
+    """Every Linear-like layer by name, expert matrices included."""
+    found = {name: m for name, m in model.named_modules() if is_linear_like(m)}
+    return {**found, **expert_layers(model)}
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every weight-holding layer of any kind (dense, quantized, factorized, expert matrices)
+    by name: what the report counts."""
+    found = {name: m for name, m in model.named_modules() if kind_of(m) is not None}
+    return {**found, **expert_layers(model)}
 
 
 def select_layers(
@@ -73,8 +91,9 @@ def select_layers(
     engine the recipe was validated with, see `recipe.patterns`).
 
     Without `include`, the default is every Linear-like layer inside the transformer blocks,
-    which never includes embeddings or the LM head; with it, any Linear-like layer may match.
-    An empty selection is an error: a step that changes nothing must not succeed.
+    expert matrices included, which never includes embeddings, the LM head or the routers of
+    MoE blocks; with it, any Linear-like layer may match, routers too. An empty selection is
+    an error: a step that changes nothing must not succeed.
     """
     layers = linear_layers(model)
     include, exclude = list(include or []), list(exclude or [])
@@ -84,7 +103,9 @@ def select_layers(
         chosen = {n: m for n, m in layers.items() if patterns.search_any(include, n)}
     else:
         prefix, _ = find_blocks(model)
-        chosen = {n: m for n, m in layers.items() if n.startswith(prefix + ".")}
+        routers = router_names(model)
+        chosen = {n: m for n, m in layers.items() if n.startswith(prefix + ".")
+                  and not any(n == r or n.startswith(r + ".") for r in routers)}
     chosen = {n: m for n, m in chosen.items() if not patterns.search_any(exclude, n)}
     if not chosen:
         raise ValueError(

@@ -33,6 +33,8 @@ class PruningRecord:
     def __init__(self, context: StepContext, config: PruningConfig) -> None:
         self.context, self.config = context, config
         self.achieved: dict[str, float] = {}
+        # expert matrices routed too few calibration tokens, pruned data-free: {name: tokens}
+        self.fallbacks: dict[str, int] = {}
 
     def add(self, layers: dict[str, nn.Module]) -> None:
         for name, layer in layers.items():
@@ -50,4 +52,5 @@ class PruningRecord:
             "target_sparsity": self.config.target_sparsity,
             "layer_sparsity": self.config.layer_sparsity,
             "achieved_sparsity": self.achieved,
+            "experts_without_enough_tokens": self.fallbacks,
         }

@@ -3,6 +3,7 @@ the keep-masks of earlier pruning, installing the result, checking zeros, and th
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any, TypeVar
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from compressors.engine.context import StepContext
+from compressors.engine.layers import ExpertLayer
 from compressors.engine.modules import linear_layers, select_layers
 from compressors.engine.sections import QuantizationSection, RelativeError
 from compressors.io.compressed_tensors import FORMAT_NAME, QUANT_FORMAT, install
@@ -29,27 +31,46 @@ Section = TypeVar("Section", bound=QuantizationSection)
 
 
 def target_layers(model: nn.Module, config: WeightGridConfig) -> dict[str, nn.Module]:
-    """The selected layers; each must be a plain `nn.Linear` (what the format stores)."""
+    """The selected layers; each must be a plain `nn.Linear`, or an expert matrix that
+    transformers saves one by one (what the format stores)."""
     targets = select_layers(model, config.include, config.exclude)
-    conv = [name for name, layer in targets.items() if not isinstance(layer, nn.Linear)]
+    conv = [name for name, layer in targets.items()
+            if not isinstance(layer, nn.Linear | ExpertLayer)]
     if conv:
         raise ValueError(f"{config.method}: {len(conv)} selected layers (e.g. {conv[0]}) are "
                          "GPT-2 Conv1D, which compressed-tensors checkpoints cannot hold; "
                          "exclude them or use the quantize step")
+    fused = [name for name, layer in targets.items()
+             if isinstance(layer, ExpertLayer) and not layer.per_expert_checkpoint]
+    if fused:
+        raise ValueError(f"{config.method}: {len(fused)} selected expert matrices (e.g. "
+                         f"{fused[0]}) belong to fused experts that transformers saves as one "
+                         "3-D tensor, which a compressed-tensors checkpoint cannot hold packed "
+                         "(transformers loads packed experts only one by one); exclude them "
+                         "(exclude: ['experts'])")
     if any(getattr(layer, "compressors_quant", None) is not None for layer in targets.values()):
         raise ValueError(f"{config.method}: the model is already quantized; a recipe may "
                          "quantize once")
     return targets
 
 
-def grid_for(layer: nn.Module, name: str, config: WeightGridConfig) -> Grid:
-    """The layer's grid; an explicit group size that does not divide its width fails here,
-    naming the layer, before anything is changed."""
-    try:
-        size = resolve_group_size(layer.in_features, config.group_size)
-    except ValueError as error:
-        raise ValueError(f"{error} (layer {name})") from None
-    return Grid(config.bits, size, config.symmetric, STORAGE_DTYPES[config.scale_dtype])
+def grids_for(targets: dict[str, nn.Module], config: WeightGridConfig) -> dict[str, Grid]:
+    """Each target's grid; an explicit group size that does not divide a width fails here,
+    naming the layer, before anything is changed. Every expert matrix of the model gets one
+    grid (the group size that divides all their widths): transformers decompresses the
+    experts of a checkpoint with one scheme for all of them."""
+    experts = {n: layer for n, layer in targets.items() if isinstance(layer, ExpertLayer)}
+    common = math.gcd(*(layer.in_features for layer in experts.values())) if experts else 0
+    grids = {}
+    for name, layer in targets.items():
+        width = common if name in experts else layer.in_features
+        try:
+            resolve_group_size(layer.in_features, config.group_size)
+            size = resolve_group_size(width, config.group_size)
+        except ValueError as error:
+            raise ValueError(f"{error} (layer {name})") from None
+        grids[name] = Grid(config.bits, size, config.symmetric, STORAGE_DTYPES[config.scale_dtype])
+    return grids
 
 
 def keep_mask(layer: nn.Module, name: str, context: StepContext) -> torch.Tensor | None:

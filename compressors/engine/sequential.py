@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressors.engine.modules import find_blocks, in_features, layers_in_block
+from compressors.engine.experts import ExpertInputs, eager_experts
+from compressors.engine.modules import find_blocks, in_features, is_expert, layers_in_block
 from compressors.engine.placement import Placement, placement_of
 
 Observer = Callable[[str, nn.Module, torch.Tensor], None]
@@ -122,25 +123,44 @@ class BlockContext:
         return block_output(result).to(hidden.device)
 
     @torch.no_grad()
-    def collect(self, observe: Observer) -> None:
-        """Run the block once over all inputs, handing each target layer's input to `observe`.
+    def collect(self, observe: Observer, all_experts: bool = False) -> dict[str, int]:
+        """Run the block once over all inputs, handing each target layer's input to `observe`;
+        returns the tokens each layer saw.
 
-        The input arrives flattened to `[tokens, in_features]`.
+        The input arrives flattened to `[tokens, in_features]`. A layer module's input comes
+        from a forward hook; an expert matrix's (`engine.experts`) from watching the experts
+        module's products: the tokens the router sends to that expert, or with `all_experts`
+        every token (for statistics only: the block's output is the routed one).
         """
+        tokens = dict.fromkeys(self.layers, 0)
         handles = []
+        experts = {n: layer for n, layer in self.layers.items() if is_expert(layer)}
         for name, layer in self.layers.items():
+            if name in experts:
+                continue
             width = in_features(layer)
 
             def hook(module: nn.Module, args: tuple, _out: Any, name: str = name,
                      width: int = width) -> None:
-                observe(name, module, args[0].detach().reshape(-1, width))
+                flat = args[0].detach().reshape(-1, width)
+                tokens[name] += flat.shape[0]
+                observe(name, module, flat)
 
             handles.append(layer.register_forward_hook(hook))
+        watch = ExpertInputs(experts, lambda layer, x: observe(layer.name, layer, x),
+                             all_experts) if experts else None
         try:
-            self.outputs()
+            with contextlib.ExitStack() as stack:
+                if watch is not None:
+                    stack.enter_context(eager_experts(experts.values()))
+                    stack.enter_context(watch.watching())
+                self.outputs()
         finally:
             for handle in handles:
                 handle.remove()
+        if watch is not None:
+            tokens.update(watch.tokens)
+        return tokens
 
     @torch.no_grad()
     def outputs(self) -> list[torch.Tensor]:

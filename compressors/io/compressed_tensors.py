@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compressors.engine.experts import expert_layers, router_names
+from compressors.engine.layers import ExpertLayer
 from compressors.io.formats import MAX_SHARD, CheckpointFormat
 from compressors.io.loading import load_pretrained
 from compressors.io.model_files import CONFIG_FILE, model_json, optional_file
@@ -95,7 +97,12 @@ def install(layer: nn.Module, quantized: QuantizedWeight) -> torch.Tensor:
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if getattr(m, QUANT_ATTR, None) is not None}
+    """Every quantized layer by name: Linear modules, and expert matrices (by their saved,
+    per-expert names)."""
+    found = {n: m for n, m in model.named_modules() if getattr(m, QUANT_ATTR, None) is not None}
+    found.update({n: layer for n, layer in expert_layers(model).items()
+                  if getattr(layer, QUANT_ATTR, None) is not None})
+    return found
 
 
 def layer_codes(layer: nn.Module) -> torch.Tensor:
@@ -132,19 +139,60 @@ def _compressed_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _fused_parameters(model: nn.Module, layers: dict[str, nn.Module]) -> list[str]:
+    """The fused experts parameters whose every expert matrix is quantized (saved packed,
+    per expert); one only partly quantized cannot be saved in any layout a loader reads."""
+    by_fused: dict[str, list[str]] = defaultdict(list)
+    for name, layer in expert_layers(model).items():
+        by_fused[layer.fused].append(name)
+    done = []
+    for fused, names in by_fused.items():
+        quantized = [n for n in names if n in layers]
+        if quantized and len(quantized) != len(names):
+            raise ValueError(f"{fused}: {len(quantized)} of its {len(names)} expert matrices "
+                             "are quantized; a checkpoint holds all experts of a parameter "
+                             "packed or none")
+        if quantized:
+            done.append(fused)
+    return done
+
+
+EXPERTS_TARGET = r"re:.*\.experts\.\d+\..*"  # per-expert saved names; never a runtime module
+
+
 def quantization_config(model: nn.Module, layers: dict[str, nn.Module]):
-    """compressed-tensors' `QuantizationConfig`: one config group per grid; every other
-    Linear (the LM head, excluded layers) is listed under `ignore`."""
+    """compressed-tensors' `QuantizationConfig`. One grid for every layer: one group targeting
+    `Linear` (what llm-compressor writes, and vLLM expects). Several: one group per grid of
+    the dense layers, each targeting its layers by name, and one for all the expert matrices,
+    targeting them by their per-expert names (transformers finds the experts' scheme as the
+    group whose `re:` targets mention experts). Every other Linear (the LM head, excluded
+    layers) and every router is listed under `ignore`."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
     by_grid: dict[Grid, list[str]] = defaultdict(list)
+    expert_grids = set()
     for name, layer in layers.items():
-        by_grid[getattr(layer, QUANT_ATTR).grid].append(name)
-    ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in layers]
+        grid = getattr(layer, QUANT_ATTR).grid
+        if isinstance(layer, ExpertLayer):
+            expert_grids.add(grid)
+        else:
+            by_grid[grid].append(name)
+    if len(expert_grids) > 1:
+        raise ValueError("the expert matrices were quantized on different grids; a checkpoint "
+                         "holds one scheme for all experts")
     groups = {}
-    for index, (grid, names) in enumerate(by_grid.items()):
-        targets = ["Linear"] if len(by_grid) == 1 else [f"re:^{re.escape(n)}$" for n in names]
-        groups[f"group_{index}"] = QuantizationScheme(targets=targets, weights=ct_args(grid))
+    if len(set(by_grid) | expert_grids) == 1:
+        grid = next(iter(set(by_grid) | expert_grids))
+        groups["group_0"] = QuantizationScheme(targets=["Linear"], weights=ct_args(grid))
+    else:
+        for index, (grid, names) in enumerate(by_grid.items()):
+            targets = [f"re:^{re.escape(n)}$" for n in names]
+            groups[f"group_{index}"] = QuantizationScheme(targets=targets, weights=ct_args(grid))
+        for grid in expert_grids:
+            groups["experts"] = QuantizationScheme(targets=[EXPERTS_TARGET],
+                                                   weights=ct_args(grid))
+    ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in layers]
+    ignore += sorted(router_names(model) - set(ignore))  # a router is a Linear to vLLM
     return QuantizationConfig(config_groups=groups, format=QUANT_FORMAT,
                               quantization_status="compressed", ignore=ignore)
 
@@ -157,8 +205,10 @@ def save(model: nn.Module, folder: Path) -> CheckpointInfo | None:
     from compressed_tensors.compressors import ModelCompressor
 
     state = dict(model.state_dict())
+    for name in _fused_parameters(model, layers):
+        del state[name]  # every expert matrix of it is written packed below, one by one
     for name, layer in layers.items():
-        del state[f"{name}.weight"]
+        state.pop(f"{name}.weight", None)
         state.update({f"{name}.{k}": v for k, v in _compressed_tensors(layer).items()})
     model.save_pretrained(folder, state_dict=state, safe_serialization=True,
                           max_shard_size=MAX_SHARD)

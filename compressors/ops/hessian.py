@@ -198,6 +198,12 @@ class HessianAccumulator:
                 and inputs.stride() == last.stride() and inputs._version == version)
         return product if same else None
 
+    def discard(self, names: list[str] | dict[str, int]) -> None:
+        """Forget these layers' sums (a caller that handles them without a Hessian)."""
+        for name in names:
+            self.sums.pop(name, None)
+            self.tokens.pop(name, None)
+
     def hessian(self, name: str) -> torch.Tensor:
         """Layer `name`'s Hessian `2 XᵀX / n` (float64) so far; the sums are kept."""
         return hessian_from_sum(self.sums[name], self.tokens[name])

@@ -7,6 +7,8 @@ Plain pydantic without torch, so the API can validate a recipe without loading t
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compressors.recipe.fields import Seed
@@ -30,6 +32,17 @@ class CalibrationConfig(BaseModel):
     samples: int = Field(32, ge=1, le=1024, description="number of windows, in [1, 1024]")
     seqlen: int = Field(512, ge=8, le=8192, description="tokens per window, in [8, 8192]")
     seed: Seed = 0
+    experts: Literal["auto", "routed", "all"] = Field(
+        "auto", description="mixture-of-experts models: which tokens an expert's statistics "
+        "(input norms, Hessians) come from: routed (those its router sends it), all (every "
+        "calibration token through every expert, for statistics only: the block's output "
+        "stays the routed one; llm-compressor's calibrate_all_experts), auto (all for the "
+        "Hessian methods sparsegpt and gptq, whose rare experts would otherwise see too few "
+        "tokens for a Hessian; routed for the others)")
+
+    def all_experts(self, hessian: bool) -> bool:
+        """Whether every token goes through every expert for a method's statistics."""
+        return self.experts == "all" or (self.experts == "auto" and hessian)
 
     @model_validator(mode="after")
     def _token_budget(self) -> CalibrationConfig:

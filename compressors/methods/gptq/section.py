@@ -20,3 +20,7 @@ class GPTQSection(QuantizationSection):
     dead_inputs: dict[str, int] = Field(
         description="layers with inputs no calibration token reached (zero Hessian "
         "diagonal), with how many")
+    experts_without_enough_tokens: dict[str, int] = Field(
+        default_factory=dict, description="expert matrices routed fewer calibration tokens "
+        "than a Hessian needs (engine.experts.MIN_EXPERT_TOKENS), quantized by "
+        "round-to-nearest instead, with the tokens they saw")

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from compressors.engine.context import StepContext, StepResult
+from compressors.engine.experts import starved
 from compressors.engine.quantization import (
     QuantRecord,
-    grid_for,
+    grids_for,
     keep_mask,
     skipped_layers,
     target_layers,
@@ -31,7 +32,7 @@ from compressors.methods.gptq.config import GPTQConfig
 from compressors.methods.gptq.section import GPTQSection
 from compressors.methods.gptq.sweep import gptq_quantize
 from compressors.ops.hessian import HessianAccumulator, HessianFactor, one_thread
-from compressors.ops.int_grid import Grid, QuantizedWeight
+from compressors.ops.int_grid import Grid, QuantizedWeight, rtn_quantize
 
 
 def _stacked(layers: dict[str, nn.Module], keeps: dict[str, torch.Tensor | None]
@@ -72,21 +73,31 @@ def quantize_group(
 
 def run(model: nn.Module, config: GPTQConfig, context: StepContext) -> StepResult:
     targets = target_layers(model, config)
-    grids = {name: grid_for(layer, name, config) for name, layer in targets.items()}
+    grids = grids_for(targets, config)
     record = QuantRecord(config, metric="hessian")
     fallbacks: dict[str, float] = {}
     dead: dict[str, int] = {}
+    thin_experts: dict[str, int] = {}
     losses: list[float] = []
     began = time.perf_counter()
 
     @torch.no_grad()
     def quantize_block(block: BlockContext) -> None:
         hessians = HessianAccumulator()
-        block.collect(hessians)
-        exact = {name: hessians.hessian(name) for name in block.layers}
+        tokens = block.collect(hessians, all_experts=context.calibration.all_experts(True))
+        thin = starved(block.layers, tokens)
+        hessians.discard(thin)
+        thin_experts.update(thin)
+        for name in thin:  # no Hessian worth the name: round-to-nearest on the same grid
+            layer = block.layers[name]
+            keep = keep_mask(layer, name, context)
+            record.add(name, layer, rtn_quantize(layer.weight.data, grids[name], keep,
+                                                 search=config.clip_search), keep)
+        layers = {n: layer for n, layer in block.layers.items() if n not in thin}
+        exact = {name: hessians.hessian(name) for name in layers}
         factors = hessians.factors(config.dampening, act_order=config.act_order)
         shared: dict[tuple[int, Grid], dict[str, nn.Module]] = defaultdict(dict)
-        for name, layer in block.layers.items():
+        for name, layer in layers.items():
             shared[(id(factors[name]), grids[name])][name] = layer
             if factors[name].attempts > 1:
                 fallbacks[name] = factors[name].dampening
@@ -104,7 +115,8 @@ def run(model: nn.Module, config: GPTQConfig, context: StepContext) -> StepResul
     section = record.section(
         GPTQSection, context, seconds, skipped_layers(model, targets),
         act_order=config.act_order, dampening=config.dampening, blocksize=config.blocksize,
-        obs_loss_total=sum(losses), cholesky_fallbacks=fallbacks, dead_inputs=dead)
+        obs_loss_total=sum(losses), cholesky_fallbacks=fallbacks, dead_inputs=dead,
+        experts_without_enough_tokens=thin_experts)
     details = {"scheme": config.label, "quantized_layers": len(targets),
                "bits_per_weight": section.bits_per_weight, "quantize_seconds": seconds,
                "mean_relative_error": section.relative_error.mean}

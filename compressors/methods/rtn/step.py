@@ -15,7 +15,7 @@ from torch import nn
 from compressors.engine.context import StepContext, StepResult
 from compressors.engine.quantization import (
     QuantRecord,
-    grid_for,
+    grids_for,
     keep_mask,
     skipped_layers,
     target_layers,
@@ -29,7 +29,7 @@ from compressors.ops.int_grid import rtn_quantize
 
 def run(model: nn.Module, config: RTNConfig, context: StepContext) -> StepResult:
     targets = target_layers(model, config)
-    grids = {name: grid_for(layer, name, config) for name, layer in targets.items()}
+    grids = grids_for(targets, config)
     record = QuantRecord(config, metric="frobenius")
     began = time.perf_counter()
 

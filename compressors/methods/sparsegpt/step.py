@@ -16,12 +16,14 @@ import torch
 from torch import nn
 
 from compressors.engine.context import StepContext, StepResult
+from compressors.engine.experts import starved
 from compressors.engine.modules import select_layers, weight_matrix
-from compressors.engine.pruning import PruningRecord
+from compressors.engine.pruning import PruningRecord, apply_mask
 from compressors.engine.sequential import BlockContext, run_sequential
 from compressors.methods.sparsegpt.config import SparseGPTConfig
 from compressors.methods.sparsegpt.obs import PruneStats, sparsegpt_prune
 from compressors.ops.hessian import HessianAccumulator, HessianFactor
+from compressors.ops.masks import choose_mask
 
 
 @torch.no_grad()
@@ -48,9 +50,17 @@ def run(model: nn.Module, config: SparseGPTConfig, context: StepContext) -> Step
 
     def prune_block(block: BlockContext) -> None:
         hessians = HessianAccumulator()
-        block.collect(hessians)
+        tokens = block.collect(hessians, all_experts=context.calibration.all_experts(True))
+        thin = starved(block.layers, tokens)
+        hessians.discard(thin)
+        record.fallbacks.update(thin)
         factors = hessians.factors(config.dampening)
         for name, layer in block.layers.items():
+            if name in thin:  # no Hessian worth the name: magnitude, within the same pattern
+                weight = weight_matrix(layer)
+                apply_mask(layer, choose_mask(weight.abs().float(), config.sparsity_for(name),
+                                              config.nm, per_row=True))
+                continue
             stats[name] = prune_layer(layer, factors[name], config, config.sparsity_for(name))
         record.add(block.layers)
 

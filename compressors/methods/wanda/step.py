@@ -2,7 +2,9 @@
 
 The input norms come from the calibration windows through the sequential engine, so block k
 sees activations produced by the already-pruned blocks 0..k-1, as in the paper's code. All
-layers of a block are scored on one pass over the dense block, then pruned together.
+layers of a block are scored on one pass over the dense block, then pruned together. An
+expert matrix of a MoE block is scored on the tokens routed to it; one routed too few
+(`engine.experts.MIN_EXPERT_TOKENS`) is pruned by magnitude, and counted.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from compressors.engine.context import StepContext, StepResult
+from compressors.engine.experts import starved
 from compressors.engine.modules import select_layers, weight_matrix
 from compressors.engine.pruning import PruningRecord, apply_mask
 from compressors.engine.sequential import BlockContext, run_sequential
@@ -24,9 +27,13 @@ def run(model: nn.Module, config: WandaConfig, context: StepContext) -> StepResu
 
     def prune_block(block: BlockContext) -> None:
         norms = InputNormAccumulator()
-        block.collect(norms)
+        tokens = block.collect(norms, all_experts=context.calibration.all_experts(False))
+        thin = starved(block.layers, tokens)
+        record.fallbacks.update(thin)
         for name, layer in block.layers.items():
-            scores = wanda_scores(weight_matrix(layer), norms.sums[name])
+            weight = weight_matrix(layer)
+            scores = weight.abs().float() if name in thin else wanda_scores(weight,
+                                                                            norms.sums[name])
             apply_mask(layer, choose_mask(scores, config.sparsity_for(name), config.nm))
         record.add(block.layers)
 
