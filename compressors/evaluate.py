@@ -8,17 +8,20 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressors.engine.layers import dense_weight, is_packed, layer_tensors
+from compressors.engine.experts import kind_of_layer, router_names
+from compressors.engine.layers import dense_weight, is_packed, kind_of, layer_tensors
 from compressors.engine.modules import find_blocks, weight_layers
 from compressors.engine.placement import placement_of
 from compressors.engine.sequential import BlockContext, for_each_block, sequential_forward
+from compressors.io.checkpoint_layers import stored_bytes
 from compressors.recipe.protocol import LOGIT_CHUNK
-from compressors.report.schema import SparsityReport
+from compressors.report.schema import KindTotals, SparsityReport
 
 ProgressFn = Callable[[float, str], None]
 
@@ -79,13 +82,21 @@ class Census:
     nonzero: int = 0
     footprint_bytes: int = 0
     layer_zeros: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # (zeros, parameters) of every weight layer inside the blocks: the per-kind totals
+    block_layers: dict[str, tuple[int, int]] = field(default_factory=dict)
     seen: dict[int, weakref.ref] = field(default_factory=dict)
 
     def add(self, module: nn.Module, prefix: str = "",
             layer_filter: Callable[[str], bool] = lambda _name: True,
-            skip: str | None = None) -> None:
+            skip: str | None = None, blocks: str | None = None,
+            layers: dict[str, nn.Module] | None = None,
+            routers: dict[str, nn.Module] | None = None) -> None:
         """Count `module` (called `prefix` in the model), leaving out names starting with
-        `skip`; per-layer zeros for the weight layers `layer_filter` accepts."""
+        `skip`; per-layer zeros for the weight layers `layer_filter` accepts, and for every
+        weight layer under `blocks`. `layers`: the module's weight layers, when the caller
+        has them under their names in the whole model (a block's expert matrices). `routers`:
+        the MoE routers among its modules that are no weight layer kind of their own (a
+        `TopKRouter` holding a `[E, H]` weight): counted with the block layers, as routers."""
         def kept(name: str) -> bool:
             return not (skip and (prefix + name).startswith(skip))
 
@@ -99,14 +110,23 @@ class Census:
         for name, buffer in module.named_buffers():
             if kept(name) and self._first(buffer):
                 self.footprint_bytes += buffer.numel() * buffer.element_size()
-        for name, layer in weight_layers(module).items():
+        for name, layer in (weight_layers(module) if layers is None else layers).items():
             if not kept(name):
                 continue
             self.footprint_bytes += sum(t.numel() * t.element_size()
                                         for t in layer_tensors(layer) if self._first(t))
-            if layer_filter(prefix + name):
+            in_blocks = blocks is not None and (prefix + name).startswith(blocks + ".")
+            if layer_filter(prefix + name) or in_blocks:
                 weight = dense_weight(layer)
-                self.layer_zeros[prefix + name] = (int((weight == 0).sum()), weight.numel())
+                counts = (int((weight == 0).sum()), weight.numel())
+                if layer_filter(prefix + name):
+                    self.layer_zeros[prefix + name] = counts
+                if in_blocks:
+                    self.block_layers[prefix + name] = counts
+        for name, router in (routers or {}).items():
+            weight = router.weight.detach()
+            self.block_layers.setdefault(prefix + name, (int((weight == 0).sum()),
+                                                         weight.numel()))
 
     def _first(self, tensor: torch.Tensor) -> bool:
         """True the first time this very tensor is seen. By weak reference, not bare `id`: a
@@ -140,8 +160,16 @@ def _layer_filter(model: nn.Module, layer_names: list[str] | None) -> Callable[[
 def census(model: nn.Module, layer_names: list[str] | None = None) -> Census:
     """Counts of a model in memory."""
     counted = Census()
-    counted.add(model, layer_filter=_layer_filter(model, layer_names))
+    counted.add(model, layer_filter=_layer_filter(model, layer_names),
+                blocks=find_blocks(model)[0], routers=_routers(model))
     return counted
+
+
+def _routers(model: nn.Module, under: str = "") -> dict[str, nn.Module]:
+    """The MoE routers (under `under`, named relative to it) that are no weight layer."""
+    start = f"{under}." if under else ""
+    return {name[len(start):]: model.get_submodule(name) for name in sorted(router_names(model))
+            if name.startswith(start) and kind_of(model.get_submodule(name)) is None}
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -164,9 +192,14 @@ def block_by_block_census(
     counted = Census()
     layer_filter = _layer_filter(model, layer_names)
     counted.add(model, layer_filter=layer_filter, skip=prefix + ".")
+    every = weight_layers(model)  # named as in the whole model (expert matrices included)
 
     def count(block: BlockContext) -> None:
-        counted.add(block.block, block.name + ".", layer_filter)
+        start = block.name + "."
+        mine = {name[len(start):]: layer for name, layer in every.items()
+                if name.startswith(start)}
+        counted.add(block.block, start, layer_filter, blocks=prefix, layers=mine,
+                    routers=_routers(model, block.name))
 
     if windows is not None:
         return counted, perplexity(model, windows, progress, on_block=count)
@@ -193,6 +226,23 @@ def forward_latency(model: nn.Module, seqlen: int = 128, repeats: int = 3) -> di
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {"latency_ms": median * 1000, "seqlen": seqlen, "tokens_per_second": seqlen / median}
+
+
+def kind_totals(model: nn.Module, counted: Census, folder: Path) -> dict[str, KindTotals]:
+    """The published model's block weights by layer kind (`engine.experts.kind_of_layer`):
+    zeros from the census of the model as saved, bytes from the saved files' headers."""
+    stored = stored_bytes(folder, list(counted.block_layers))
+    totals: dict[str, list[int]] = {}
+    for name, (zeros, count) in counted.block_layers.items():
+        kind = totals.setdefault(kind_of_layer(model, name), [0, 0, 0, 0])
+        kind[0] += 1
+        kind[1] += count
+        kind[2] += zeros
+        kind[3] += stored.get(name, 0)
+    return {kind: KindTotals(layers=layers, parameters=params, zeros=zeros,
+                             sparsity=zeros / params if params else 0.0, stored_bytes=size,
+                             bits_per_weight=8 * size / params if params else 0.0)
+            for kind, (layers, params, zeros, size) in sorted(totals.items())}
 
 
 def peak_cuda_bytes() -> int | None:

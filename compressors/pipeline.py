@@ -20,14 +20,15 @@ from torch import nn
 
 from compressors import memory
 from compressors.engine.context import StepContext, StepResult
-from compressors.engine.layers import memory_footprint
-from compressors.engine.modules import is_causal_lm
+from compressors.engine.layers import ExpertLayer, memory_footprint
+from compressors.engine.modules import is_causal_lm, select_layers
 from compressors.engine.placement import Onloaded, Streamed, set_placement
 from compressors.evaluate import (
     Census,
     block_by_block_census,
     census,
     forward_latency,
+    kind_totals,
     peak_cuda_bytes,
     perplexity,
 )
@@ -43,11 +44,13 @@ from compressors.io.loading import (
 )
 from compressors.io.stream import INDEX_FILE, ShardWriter, TensorSource
 from compressors.malloc import pin_mmap_threshold
-from compressors.methods import get_method
+from compressors.methods import Method, get_method
 from compressors.peak_memory import peak_rss_bytes, reset_peak
 from compressors.progress import ProgressCallback, ProgressTracker
 from compressors.publish import check_destination, staging_folder
 from compressors.recipe import Recipe
+from compressors.recipe.fields import LayerSelection
+from compressors.recipe.step import StepConfig
 from compressors.recipe.text import text_policy_violations
 from compressors.report import write_outputs
 from compressors.report.charts import layer_chart
@@ -200,6 +203,7 @@ class _Run:
         after.size_bytes = size_on_disk(staging)
         report = self._report(model_name, steps, results, BeforeAfter(before=before, after=after),
                               model, counted, pruned, checkpoint, estimate)
+        report.layer_kinds = kind_totals(model, counted, staging)
         write_outputs(staging, report)
         saving(0.9, "publishing")
         return report
@@ -213,6 +217,7 @@ class _Run:
         share = (_STEPS - _BEFORE) / len(self.recipe.steps)
         for index, step in enumerate(self.recipe.steps):
             method = get_method(step.method)
+            _refuse_unhandled_experts(model, step, method)
             start = _BEFORE + index * share
             if method.needs_calibration and not context.has_calibration:
                 self.tracker.span("calibrating", start, start)(1.0, "tokenizing calibration text")
@@ -313,3 +318,17 @@ def _versions() -> dict[str, str]:
     except ImportError:  # pragma: no cover - bitsandbytes is a dependency
         pass
     return versions
+
+
+def _refuse_unhandled_experts(model: nn.Module, step: StepConfig, method: Method) -> None:
+    """A step whose selection holds expert matrices its method does not compress fails
+    before it runs (submission refused it already; this holds for whatever reached the job):
+    a selected weight is compressed or refused, never skipped."""
+    if not isinstance(step, LayerSelection) or method.experts == "handled":
+        return
+    chosen = select_layers(model, step.include, step.exclude)
+    experts = [name for name, layer in chosen.items() if isinstance(layer, ExpertLayer)]
+    fused = [name for name in experts if not chosen[name].per_expert_checkpoint]
+    refusal = method.experts_refusal(experts, fused)
+    if refusal:
+        raise ValueError(refusal)

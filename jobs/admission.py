@@ -5,8 +5,9 @@ checked by one function for a recipe job and a goal job alike (a goal answers wi
 recipes its search will run, each part located in the goal: `jobs.spec`):
 
 - a step's layer selection must match layers of *this* model (`include: ["zzzz"]` would
-  change nothing, and a job that changes nothing is an error), read from the safetensors
-  headers;
+  change nothing, and a job that changes nothing is an error), and a method that does not
+  compress mixture-of-experts expert matrices must not be handed them, read from the
+  safetensors headers (`compressors.io.checkpoint_layers`);
 - what needs a next-token loss (low-rank `weighting: fisher`, PERP, a goal, whose search
   ranks candidates by perplexity) needs a model whose config.json declares a causal-LM
   architecture;
@@ -23,7 +24,6 @@ left to those checks.
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -31,22 +31,23 @@ from typing import Any
 from redis import Redis
 
 from compressors import assets
+from compressors.io.checkpoint_layers import CheckpointLayers, checkpoint_layers
 from compressors.io.model_files import (
     DamagedWeights,
     UnsafeModelFile,
     check_model_folder,
     model_config,
     shard_map,
-    tensor_sizes,
 )
 from compressors.memory import DoesNotFit, GiB, Limits, choose_placement, estimate_source
+from compressors.methods import METHODS
 from compressors.recipe import patterns
+from compressors.recipe.fields import LayerSelection
 from compressors.recipe.schema import PlannedRecipe
 from compressors.recipe.text import Location
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 
-_BLOCK = re.compile(r"^(.*?)\.(\d+)\.")
 MAX_HEADER_BYTES = 16 * 1024**2  # all of a model's safetensors headers: 100k tensors ~ 15 MB
 
 
@@ -104,23 +105,6 @@ def _readable_folder(model_path: str) -> Path | None:
     return folder
 
 
-def _layer_names(folder: Path) -> tuple[list[str], list[str]]:
-    """(every 2-D weight's module name, those inside the transformer blocks)."""
-    sizes = tensor_sizes(folder, max_header_bytes=MAX_HEADER_BYTES)
-    names = [n.removesuffix(".weight") for n, (shape, _d) in sizes.items()
-             if len(shape) == 2 and n.endswith(".weight")]
-    counts: dict[str, int] = {}
-    for name in names:
-        match = _BLOCK.match(name)
-        if match:
-            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
-    prefix = max(counts, key=counts.__getitem__) if counts else None
-    inside = [n for n in names if prefix is not None and n.startswith(prefix + ".")]
-    if model_config(folder).get("tie_word_embeddings"):
-        names.append("lm_head")  # a tied head is not stored, but is a layer a step may target
-    return names, inside
-
-
 def _spellings(name: str) -> tuple[str, ...]:
     """A stored tensor name and the module name it may load as (checkpoints of a base model
     often store `bert.encoder...` for a module named `encoder...`, and the other way round)."""
@@ -128,35 +112,59 @@ def _spellings(name: str) -> tuple[str, ...]:
     return (name, rest) if rest else (name,)
 
 
-def _selected(step: Any, names: list[str], inside: list[str]) -> bool:
-    """Whether the step's include/exclude leaves a layer of this model, matched with RE2 as
-    the job's `select_layers` does (`recipe.patterns`: linear time, however hostile the
-    pattern or long the uploaded tensor names)."""
-    include = list(getattr(step, "include", None) or [])
-    exclude = list(getattr(step, "exclude", None) or [])
+def _chosen(step: LayerSelection, layers: CheckpointLayers) -> list[str]:
+    """The layers the step's include/exclude selects, matched with RE2 as the job's
+    `select_layers` does (`recipe.patterns`: linear time, however hostile the pattern or long
+    the uploaded tensor names); without include, the default (routers never)."""
+    include, exclude = list(step.include or []), list(step.exclude or [])
     if include:
-        chosen = [n for n in names
+        chosen = [n for n in layers.names
                   if any(patterns.search_any(include, s) for s in _spellings(n))]
     else:
-        chosen = inside
-    return any(not any(patterns.search_any(exclude, s) for s in _spellings(n)) for n in chosen)
+        chosen = layers.inside
+    return [n for n in chosen if not any(patterns.search_any(exclude, s) for s in _spellings(n))]
 
 
-def layer_errors(folder: Path, run: PlannedRecipe) -> list[tuple[Location, str]]:
-    """Steps whose include/exclude leaves no layer of this model."""
-    names, inside = _layer_names(folder)
-    if not names:
+def layer_errors(folder: Path, run: PlannedRecipe,
+                 device_type: str = "cpu") -> list[tuple[Location, str]]:
+    """Steps whose include/exclude leaves no layer of this model, steps whose selection holds
+    mixture-of-experts expert matrices their method does not compress (the registry's
+    `Method.experts`), and layers whose shape a step cannot take on the workers' device
+    (`StepConfig.layer_error`): refused here, naming the method and the layer, never
+    skipped."""
+    layers = checkpoint_layers(folder, MAX_HEADER_BYTES)
+    if not layers.names:
         return []
     errors: list[tuple[Location, str]] = []
     for at, step in zip(run.steps_at, run.recipe.steps, strict=True):
-        if not hasattr(step, "include") or not (step.include or step.exclude):
+        if not isinstance(step, LayerSelection):
             continue
-        if not _selected(step, names, inside):
+        chosen = _chosen(step, layers)
+        field = "include" if step.include or step.exclude else "method"
+        if not chosen and (step.include or step.exclude):
             errors.append(((*at, "include"),
                            "include/exclude: no layer of this model matches, so the step would "
-                           f"change nothing (the model has {len(names)} weight matrices, e.g. "
-                           f"{names[len(names) // 2][:80]})"))
+                           f"change nothing (the model has {len(layers.names)} weight matrices, "
+                           f"e.g. {layers.names[len(layers.names) // 2][:80]})"))
+            continue
+        experts = [n for n in chosen if n in layers.experts]
+        refused = METHODS[step.method].experts_refusal(
+            experts, [n for n in experts if n in layers.fused_experts])
+        refused = refused or _shape_error(step, chosen, layers, device_type)
+        if refused:
+            errors.append(((*at, field), refused))
     return errors
+
+
+def _shape_error(step: LayerSelection, chosen: list[str], layers: CheckpointLayers,
+                 device_type: str) -> str | None:
+    """The first selected layer the step cannot take, and how many more there are."""
+    found = [error for name in chosen if name in layers.shapes
+             if (error := step.layer_error(name, *layers.shapes[name], device_type))]
+    if not found:
+        return None
+    more = f" ({len(found) - 1} more layers alike)" if len(found) > 1 else ""
+    return found[0] + more
 
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -215,7 +223,8 @@ def admission_errors(model_path: str, spec: JobSpec,
     runs = spec.planned()
     try:
         errors = model_kind_errors(folder, spec)
-        errors += [error for run in runs for error in layer_errors(folder, run)]
+        device_type = limits.device_type if limits is not None else "cpu"
+        errors += [error for run in runs for error in layer_errors(folder, run, device_type)]
         if not errors and limits is not None:
             errors = [error for run in runs for error in memory_errors(folder, run, limits)]
     except (UnsafeModelFile, DamagedWeights):  # the model itself is refused: `model`

@@ -169,9 +169,10 @@ def _layers_of(model: nn.Module, block: MoEBlock, owner: nn.Module) -> dict[str,
         transposed = _transposed(owner, param, shape, block.hidden)
         qualified = f"{block.experts}.{param}"
         layout = _saved_layout(model, qualified, shape)
+        whole = qualified if not isinstance(layout, str) else layout
         for expert in range(shape[0]):
-            if layout is None:
-                name = f"{qualified}.{expert}"
+            if not isinstance(layout, list):
+                name = f"{whole}.{expert}"
                 layers[name] = ExpertLayer(owner, qualified, expert, None, transposed, name,
                                            per_expert_checkpoint=False)
                 continue
@@ -205,11 +206,12 @@ Fraction = tuple[int, int]  # (first, end) rows out of _PROXY_ROWS
 
 
 def _saved_layout(model: nn.Module, qualified: str, shape: torch.Size
-                  ) -> list[list[tuple[str, Fraction]]] | None:
+                  ) -> list[list[tuple[str, Fraction]]] | str | None:
     """Per expert, the (saved name, share of the expert's rows) of each matrix transformers
     saves it as, learned by running its reverse conversion on a small stand-in whose values
-    are their own positions; None where it saves the parameter fused (or in a way that is no
-    slice of rows: then the whole expert matrix is the layer)."""
+    are their own positions. Where it saves the parameter fused, the name it saves it under
+    (a str: the whole expert matrix is the layer, named `<that name>.<e>`, as the headers
+    name it at submission); None where the conversion is no slice of rows."""
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # pragma: no cover - transformers without conversion mappings
@@ -222,7 +224,7 @@ def _saved_layout(model: nn.Module, qualified: str, shape: torch.Size
     except Exception:  # a conversion that cannot run on a stand-in: keep it fused
         return None
     if len(saved) == 1 and next(iter(saved.values())).ndim == 3:
-        return None
+        return next(iter(saved)).removesuffix(".weight")
     layout: list[list[tuple[str, Fraction]]] = [[] for _ in range(count)]
     for name, tensor in saved.items():
         slot = _row_slice(proxy, tensor)

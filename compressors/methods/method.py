@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from compressors.recipe.step import MemoryNeeds, StepConfig
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from compressors.engine.context import StepContext, StepResult
 
 STAGES = ("compressing", "retraining", "quantizing")
+ExpertsSupport = Literal["handled", "per_expert_checkpoint", "refused"]
 
 
 def import_object(reference: str) -> Any:
@@ -88,6 +89,11 @@ class Method:
       so it runs onloaded and streamed; other steps need the whole model at once.
     - `memory`: its worst case besides the model, for the memory estimate (a config narrows
       it with `StepConfig.memory_needs`).
+    - `experts`: what it does with the expert matrices of mixture-of-experts models:
+      "handled" (each expert's matrix is a layer of its own), "per_expert_checkpoint" (only
+      where transformers saves experts one by one: its format stores them so), or
+      "refused" (a selection that includes them is a 422 at submission, naming the method
+      and the layer kind; never a silent skip).
     - `search`: how the goal-driven search may use it; None: the search does not.
     """
 
@@ -105,7 +111,25 @@ class Method:
     uses_masks: bool = False
     blockwise: bool = False
     memory: MemoryNeeds = field(default_factory=MemoryNeeds)
+    experts: ExpertsSupport = "refused"
     search: SearchSpace | None = None
+
+    def experts_refusal(self, experts: list[str], fused: list[str]) -> str | None:
+        """Why this method refuses a selection holding these expert matrices (`fused`: those
+        a checkpoint stores inside 3-D tensors), or None: the one message for the 422 at
+        submission and for the job's own check."""
+        if self.experts == "handled" or not experts:
+            return None
+        if self.experts == "per_expert_checkpoint" and not fused:
+            return None
+        shown = (fused or experts)[0]
+        why = ("this model's checkpoint stores its experts fused in 3-D tensors, which a "
+               f"{self.name} checkpoint cannot hold packed (transformers loads packed experts "
+               "only one by one)" if self.experts == "per_expert_checkpoint"
+               else f"{self.name} does not compress mixture-of-experts expert matrices")
+        return (f"{self.name}: the selection holds {len(fused or experts)} expert matrices "
+                f"(layer kind: experts, e.g. {shown[:80]}); {why}; exclude them (exclude: "
+                "['experts']) or choose a method that handles experts")
 
     @property
     def step(self) -> str:

@@ -74,6 +74,13 @@ class StepConfig(BaseModel):
         refuses them on a model whose config declares no LM head, naming the field."""
         return None
 
+    def layer_error(self, name: str, out_features: int, in_features: int,
+                    device_type: str) -> str | None:
+        """Why this step cannot compress the layer `name` of this shape on a `device_type`
+        worker ("cpu", "cuda"), or None; submission asks it of every selected layer (shapes
+        from the checkpoint's headers), the job again before it changes anything."""
+        return None
+
     def placement_error(self, placement: str) -> str | None:
         """Why this step cannot run with the model held `placement` (in_memory, onloaded,
         streamed), or None; the recipe refuses a forced placement and `auto` skips it."""

@@ -46,6 +46,19 @@ def _serving(report: CompressionReport) -> str:
     return f"## Serving\n\n{serve.replace('{path}', 'path/to/this/folder')}\n\n" if serve else ""
 
 
+def _kinds(report: CompressionReport) -> str:
+    """Every block weight by layer kind: what was compressed, counted from what was saved."""
+    if not report.layer_kinds:
+        return ""
+    rows = "\n".join(f"| {kind.replace('_', ' ')} | {k.layers:,} | {k.parameters:,} | "
+                     f"{k.sparsity:.2%} | {k.bits_per_weight:.2f} | {k.stored_bytes / MB:.2f} |"
+                     for kind, k in report.layer_kinds.items())
+    return ("## Weights by layer kind\n\n| kind | layers | parameters | sparsity | bits per "
+            "weight | stored (MB) |\n| --- | --- | --- | --- | --- | --- |\n" + rows + "\n\n"
+            "Inside the transformer blocks; sparsity of the published weights, bits and bytes "
+            "of the saved files (codes, scales and zero points included, biases not).\n\n")
+
+
 def model_card(report: CompressionReport) -> str:
     methods = [step.method for step in report.steps]
     front = {
@@ -65,6 +78,7 @@ def model_card(report: CompressionReport) -> str:
         + _serving(report)
         + f"## Before / after\n\n| metric | before | after |\n| --- | --- | --- |\n{table}\n\n"
         + (f"Sparsity of the pruned layers: {sparsity:.2%}.\n\n" if sparsity else "")
+        + _kinds(report)
         + "Perplexity is measured on held-out text with the recipe's evaluation settings "
         "(see `compression_report.json`).\n\n"
         f"## Recipe\n\n```json\n{recipe}\n```\n"

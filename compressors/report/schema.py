@@ -62,6 +62,22 @@ class SparsityReport(BaseModel):
     per_layer: dict[str, float] = Field(default_factory=dict)
 
 
+class KindTotals(BaseModel):
+    """The weight matrices of one layer kind inside the transformer blocks (attention, mlp,
+    experts, shared_experts, routers), counted on the published model: its zeros in the
+    weights a loader gets back, its bytes in the saved files."""
+
+    layers: int
+    parameters: int = Field(description="logical weights: a quantized or factorized matrix "
+                            "counts as the matrix it stands for")
+    zeros: int
+    sparsity: float = Field(description="zeros / parameters")
+    stored_bytes: int = Field(description="bytes its weight tensors take in the published "
+                              "files (values or codes, scales, zero points, factors; biases "
+                              "not included)")
+    bits_per_weight: float = Field(description="8 * stored_bytes / parameters")
+
+
 class StepReport(BaseModel):
     """One step's entry; method-specific details sit beside the fixed fields."""
 
@@ -138,6 +154,9 @@ class CompressionReport(BaseModel):
     device: str
     versions: dict[str, str]
     search: SearchSection | None = Field(None, description="a goal job's search")
+    layer_kinds: dict[str, KindTotals] = Field(
+        default_factory=dict, description="every weight matrix inside the transformer blocks, "
+        "split by layer kind; sparsity from the published weights, bits from the saved files")
 
     def section(self, name: str) -> dict[str, Any] | None:
         """A method's section (e.g. "retraining"), or None if no step wrote it."""

@@ -757,6 +757,7 @@ async function jobPage() {
     if (Number.isFinite(report.seconds_total)) bits.push(`ran ${fmtDuration(report.seconds_total)}`);
     if (report.peak_memory_bytes) bits.push(`peak memory ${fmtBytes(report.peak_memory_bytes)}`);
     $("#report-summary").textContent = bits.join(" · ");
+    showKinds(report.layer_kinds || {});
 
     const charts = reportCharts(report).map(drawChart);
     $("#charts").replaceChildren(...(charts.length ? charts
@@ -765,6 +766,20 @@ async function jobPage() {
       el("tr", {}, el("td", { text: String(i + 1) }), el("td", { text: s.method }),
          el("td", { class: "num", text: fmtNumber(s.seconds, 1) }))));
     $("#report-section").hidden = false;
+  }
+
+  /** Every block weight by layer kind (attention, mlp, experts, shared experts, routers):
+   * sparsity of the published weights, bits per weight from the saved files. */
+  function showKinds(kinds) {
+    const entries = Object.entries(kinds);
+    $("#kinds-wrap").hidden = entries.length === 0;
+    $("#kinds-table tbody").replaceChildren(...entries.map(([kind, k]) =>
+      el("tr", { dataset: { kind } }, el("th", { scope: "row", text: kind.replaceAll("_", " ") }),
+        el("td", { class: "num", text: fmtNumber(k.layers) }),
+        el("td", { class: "num", text: fmtNumber(k.parameters) }),
+        el("td", { class: "num", text: `${(k.sparsity * 100).toFixed(1)}%` }),
+        el("td", { class: "num", text: fmtNumber(k.bits_per_weight, 2) }),
+        el("td", { class: "num", text: fmtBytes(k.stored_bytes) }))));
   }
 
   async function showFiles() {

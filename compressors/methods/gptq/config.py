@@ -37,6 +37,7 @@ METHOD = Method(
     "gptq", GPTQConfig,
     "GPTQ: int4/int8 weights in groups from each layer's Hessian, error fed back "
     "column by column (Frantar et al. 2022); compressed-tensors checkpoint",
+    experts="per_expert_checkpoint",
     stage="quantizing", needs_calibration=True, section="quantization",
     charts=("quantization-error",), uses_masks=True, blockwise=True,
     leaves_hint="quantized weights are final: put gptq last",

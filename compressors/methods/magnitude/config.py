@@ -22,6 +22,7 @@ class MagnitudeConfig(PruningConfig):
 METHOD = Method(
     "magnitude", MagnitudeConfig,
     "prune the smallest |W| per matrix or per row; unstructured or N:M",
+    experts="handled",
     blockwise=True,
     search=SearchSpace(
         ("s0.25", "s0.5"), mixed_levels=True,

@@ -15,6 +15,7 @@ from transformers.pytorch_utils import Conv1D
 from compressors.engine.modules import set_module, weight_matrix
 from compressors.engine.training import is_norm, unfreeze_only
 from compressors.methods.perp import lora_math
+from compressors.methods.perp.expert_adapters import ExpertAdapters
 
 
 class AdaptedLayer(nn.Module):
@@ -111,10 +112,14 @@ def merge_adapters(model: nn.Module, wrapped: dict[str, AdaptedLayer]) -> None:
 
 
 def select_trainable(root: nn.Module) -> list[nn.Parameter]:
-    """Freeze everything under `root`, then unfreeze biases, norm parameters and adapters."""
+    """Freeze everything under `root`, then unfreeze biases (an experts module's per-expert
+    `*_bias` too), norm parameters and adapters (of Linear layers and of expert matrices)."""
     chosen = [param for module in root.modules()
               for pname, param in module.named_parameters(recurse=False)
-              if is_norm(module) or pname == "bias" or isinstance(module, AdaptedLayer)]
+              if is_norm(module) or pname == "bias" or pname.endswith("_bias")
+              or isinstance(module, AdaptedLayer)]
+    chosen += [param for module in root.modules() if isinstance(module, ExpertAdapters)
+               for param in module.parameters()]
     return unfreeze_only(root, chosen)
 
 

@@ -90,5 +90,6 @@ METHOD = Method(
     "perp", PerpConfig,
     "PERP: retrain biases, norms and mask-keeping LoRA after pruning; sparsity "
     "stays exact",
+    experts="handled",
     stage="retraining", section="retraining", charts=("perp-loss",),
     uses_masks=True, memory=MemoryNeeds(training=True))

@@ -20,9 +20,18 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from compressors.engine.context import StepContext, StepResult
-from compressors.engine.modules import find_blocks, is_causal_lm, select_layers, weight_matrix
+from compressors.engine.experts import expert_layers
+from compressors.engine.layers import ExpertLayer
+from compressors.engine.modules import (
+    find_blocks,
+    is_causal_lm,
+    linear_layers,
+    select_layers,
+    weight_matrix,
+)
 from compressors.engine.sections import SegmentLoss
 from compressors.engine.sequential import BlockContext, block_output, run_sequential
 from compressors.engine.training import (
@@ -44,6 +53,7 @@ from compressors.methods.perp.adapters import (
     wrap_lm_head,
 )
 from compressors.methods.perp.config import PerpConfig
+from compressors.methods.perp.expert_adapters import ExpertAdapters, merge_experts, wrap_experts
 from compressors.methods.perp.section import PerplexityPair, RetrainingSection
 
 
@@ -54,8 +64,8 @@ def current_masks(model: nn.Module, context: StepContext) -> dict[str, torch.Ten
     the default layer selection's current zeros are the mask.
     """
     recorded = context.masks
-    modules = dict(model.named_modules())
-    layers = {n: modules[n] for n in recorded} if recorded else select_layers(model)
+    every = linear_layers(model)  # expert matrices too: their masks are kept like any other
+    layers = {n: every[n] for n in recorded} if recorded else select_layers(model)
     masks = {}
     for name, layer in layers.items():
         nonzero = (weight_matrix(layer) != 0).cpu()
@@ -91,11 +101,16 @@ def run(model: nn.Module, config: PerpConfig, context: StepContext) -> StepResul
     progress = context.progress
     before = _perplexities(model, eval_sets, progress, 0.0, 0.1) if eval_sets else {}
 
-    modules = dict(model.named_modules())
+    every = linear_layers(model)
     wrapped: dict[str, AdaptedLayer] = {}
+    experts: list[ExpertAdapters] = []
     if config.mode != "norms":
-        wrapped = wrap_layers(model, {n: modules[n] for n in masks}, masks, config.mode,
-                              config.rank, config.alpha, config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
+        modules = {n: every[n] for n in masks if not isinstance(every[n], ExpertLayer)}
+        wrapped = wrap_layers(model, modules, masks, config.mode, config.rank, config.alpha,
+                              config.seed)
+        experts = wrap_experts({n: every[n] for n in masks if n not in modules}, masks,
+                               config.mode, config.rank, config.alpha, generator)
     if config.lm_head_adapter:
         wrapped.update(wrap_lm_head(model, config.rank, config.alpha, config.seed))
     text = config.text or context.calibration.text
@@ -109,6 +124,7 @@ def run(model: nn.Module, config: PerpConfig, context: StepContext) -> StepResul
                 log = _train_reconstruct(model, config, context, text, masks, train_progress)
     finally:
         merge_adapters(model, wrapped)
+        merge_experts(experts)
     seconds = time.perf_counter() - started
     model.eval()
     _check_masks(model, masks)
@@ -135,7 +151,8 @@ def _train_lm(model: nn.Module, config: PerpConfig, context: StepContext, text: 
 
     def step_loss(step: int) -> tuple[dict[str, torch.Tensor], int]:
         ids = cycling_batches(windows, config.batch_size, step).to(device)
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        with parametrize.cached():  # adapted expert parameters: formed once per forward
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         return {"total": loss}, ids.numel()
 
     checkpointing = config.gradient_checkpointing and hasattr(
@@ -163,7 +180,7 @@ def _train_reconstruct(
     dense = load_model(context.model_source).model.to(device).eval()
     samples = config.samples or context.calibration.samples
     windows = text_random_windows(context.tokenizer, text, samples, config.seqlen, config.seed)
-    modules = dict(model.named_modules())
+    every = {**dict(model.named_modules()), **expert_layers(model)}  # adapters under their names
     _, dense_blocks = find_blocks(dense)
     log = TrainLog()
 
@@ -177,7 +194,8 @@ def _train_reconstruct(
         def step_loss(step: int) -> tuple[dict[str, torch.Tensor], int]:
             which = step % len(ctx.inputs)
             batch = ctx.inputs[which]
-            out = block_output(ctx.block(batch.hidden, *batch.args, **batch.kwargs))
+            with parametrize.cached():
+                out = block_output(ctx.block(batch.hidden, *batch.args, **batch.kwargs))
             loss = F.mse_loss(out.float(), wanted[which].float())
             return {"total": loss}, batch.hidden.shape[0] * batch.hidden.shape[1]
 
@@ -193,7 +211,7 @@ def _train_reconstruct(
                                         last_loss=block_log.total[-1]))
 
     try:
-        run_sequential(model, windows, {n: modules[n] for n in masks}, process_block, progress,
+        run_sequential(model, windows, {n: every[n] for n in masks}, process_block, progress,
                        batch_size=config.batch_size)
     finally:
         del dense
@@ -201,9 +219,9 @@ def _train_reconstruct(
 
 
 def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    modules = dict(model.named_modules())
+    every = linear_layers(model)
     changed = [n for n, mask in masks.items()
-               if not lora_math.sparsity_preserved(weight_matrix(modules[n]), mask)]
+               if not lora_math.sparsity_preserved(weight_matrix(every[n]), mask)]
     if changed:
         raise RuntimeError(f"perp: the nonzero pattern changed in {changed}; not publishing")
 

@@ -14,6 +14,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
+CPU_4BIT_ROWS = 32  # bitsandbytes' 4-bit CPU matmul tiles out_features by 32
+
+
 class QuantizeConfig(StepConfig, LayerSelection):
     """bitsandbytes weight quantization of Linear layers (LLM.int8, or 4-bit nf4/fp4).
 
@@ -31,7 +35,7 @@ class QuantizeConfig(StepConfig, LayerSelection):
     )
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="bits 4 only: the 4-bit code")
     double_quant: bool = Field(False, description="bits 4 only: quantize the block scales too")
-    blocksize: int_choice(64, 128, 256, 512, 1024, 2048, 4096) = Field(
+    blocksize: int_choice(*BLOCKSIZES) = Field(
         64, description="bits 4 only: weights per scale; must divide every layer's in_features",
     )
     compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -61,6 +65,25 @@ class QuantizeConfig(StepConfig, LayerSelection):
 
     def weights_after(self) -> WeightForm:
         return "quantized"
+
+    def layer_error(self, name: str, out_features: int, in_features: int,
+                    device_type: str) -> str | None:
+        """4-bit blocks must tile each row (`blocksize` divides in_features), and
+        bitsandbytes' 4-bit CPU kernel takes only layers whose out_features is a multiple of
+        32 (it asserts, deep in a job, otherwise)."""
+        if self.bits != 4:
+            return None
+        if in_features % self.blocksize:
+            fits = [size for size in BLOCKSIZES if in_features % size == 0]
+            advice = (f"use blocksize {fits[-1]}" if fits else "no blocksize bitsandbytes "
+                      "offers divides it: exclude the layer")
+            return (f"blocksize: {self.blocksize} does not divide in_features {in_features} of "
+                    f"{name}; {advice}")
+        if device_type == "cpu" and out_features % CPU_4BIT_ROWS:
+            return (f"{name}: out_features {out_features} is not a multiple of "
+                    f"{CPU_4BIT_ROWS}, which bitsandbytes' 4-bit CPU kernel needs; exclude "
+                    "the layer, or run on a GPU worker")
+        return None
 
     def memory_needs(self, declared: MemoryNeeds) -> MemoryNeeds:
         """The model is rebuilt at `bits` per block weight (`MemoryNeeds.reload_bits`)."""

@@ -64,12 +64,14 @@ def split_targets(
     return targets, skipped
 
 
-def _check_blocksize(targets: dict[str, nn.Module], config: QuantizeConfig) -> None:
-    if config.bits == 4:
-        bad = [n for n, m in targets.items() if weight_matrix(m).shape[1] % config.blocksize]
-        if bad:
-            raise ValueError(f"blocksize: {config.blocksize} does not divide in_features of "
-                             f"{len(bad)} layers (e.g. {bad[0]}); use a divisor such as 64")
+def _check_shapes(targets: dict[str, nn.Module], config: QuantizeConfig,
+                  device: torch.device) -> None:
+    """Every target must have a shape bitsandbytes takes (`QuantizeConfig.layer_error`)."""
+    for name, layer in targets.items():
+        out_features, in_features = weight_matrix(layer).shape
+        error = config.layer_error(name, out_features, in_features, device.type)
+        if error:
+            raise ValueError(error)
 
 
 def _dense_dtype(model: nn.Module) -> torch.dtype:
@@ -199,7 +201,7 @@ def run(model: nn.Module, config: QuantizeConfig, context: StepContext) -> StepR
     if any(is_bnb_layer(m) for m in model.modules()):
         raise ValueError("quantize: the model is already quantized; a recipe may quantize once")
     targets, skipped = split_targets(model, config)
-    _check_blocksize(targets, config)
+    _check_shapes(targets, config, context.device)
     footprint_before = memory_footprint(model)
     originals = {name: weight_matrix(layer) for name, layer in targets.items()}
     context.progress(0.05, f"quantizing {len(targets)} layers to {config.label}")

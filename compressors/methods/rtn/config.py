@@ -19,6 +19,7 @@ METHOD = Method(
     "rtn", RTNConfig,
     "round-to-nearest int4/int8 weights in groups (the GPTQ baseline); "
     "compressed-tensors checkpoint",
+    experts="per_expert_checkpoint",
     stage="quantizing", section="quantization", charts=("quantization-error",),
     uses_masks=True, blockwise=True,
     leaves_hint="quantized weights are final: put rtn last",

@@ -45,6 +45,7 @@ METHOD = Method(
     "sparsegpt", SparseGPTConfig,
     "SparseGPT: OBS pruning with weight reconstruction from each layer's Hessian "
     "(Frantar & Alistarh 2023); unstructured or N:M",
+    experts="handled",
     needs_calibration=True, blockwise=True, memory=MemoryNeeds(hessians=True),
     search=SearchSpace(
         ("s0.25", "s0.5"), mixed_levels=True, needs_input_norms=True,

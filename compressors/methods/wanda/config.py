@@ -17,6 +17,7 @@ class WandaConfig(PruningConfig):
 METHOD = Method(
     "wanda", WandaConfig,
     "prune by |W|·‖X‖₂ within each output row (Sun et al. 2023); unstructured or N:M",
+    experts="handled",
     needs_calibration=True, blockwise=True,
     search=SearchSpace(
         ("s0.25", "s0.5"), mixed_levels=True, needs_input_norms=True,
