@@ -123,13 +123,12 @@ class Method:
         if self.experts == "per_expert_checkpoint" and not fused:
             return None
         shown = (fused or experts)[0]
-        why = ("this model's checkpoint stores its experts fused in 3-D tensors, which a "
-               f"{self.name} checkpoint cannot hold packed (transformers loads packed experts "
-               "only one by one)" if self.experts == "per_expert_checkpoint"
-               else f"{self.name} does not compress mixture-of-experts expert matrices")
-        return (f"{self.name}: the selection holds {len(fused or experts)} expert matrices "
-                f"(layer kind: experts, e.g. {shown[:80]}); {why}; exclude them (exclude: "
-                "['experts']) or choose a method that handles experts")
+        why = ("are stored fused (3-D) by this checkpoint, which a packed "
+               f"{self.name} checkpoint cannot hold" if self.experts == "per_expert_checkpoint"
+               else f"are not compressed by {self.name}")
+        return (f"{self.name}: {len(fused or experts)} selected expert matrices (layer kind: "
+                f"experts, e.g. {shown[:60]}) {why}; add exclude: ['experts'] or use a method "
+                "that handles experts")
 
     @property
     def step(self) -> str:
