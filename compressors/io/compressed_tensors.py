@@ -20,10 +20,12 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from compressors.engine.activations import input_quant
 from compressors.engine.experts import expert_layers, router_names
 from compressors.engine.layers import ExpertLayer
 from compressors.io.formats import MAX_SHARD, CheckpointFormat
@@ -39,18 +41,55 @@ HOW_TO_LOAD = (
     "Loads with `AutoModelForCausalLM.from_pretrained(path)` (needs the `compressed-tensors` "
     "package; the int weights are decompressed on load, also on CPU) or `compressors.load(path)`.")
 HOW_TO_SERVE = (
-    "vLLM serves it with its int-weight kernels (W{bits}A16, compressed-tensors "
-    "pack-quantized): `vllm serve {{path}} --dtype float16` (or `from vllm import LLM; "
-    "LLM(model=path, dtype='float16')`); the scales are stored in {scale_dtype}.")
+    "vLLM serves it with its compressed-tensors kernels ({labels}, {formats}): "
+    "`vllm serve {{path}}` (or `from vllm import LLM; LLM(model=path)`).")
+
+
+class CheckpointQuant(Protocol):
+    """What a quantized layer carries under `QUANT_ATTR` for the checkpoint, whatever its
+    scheme (integer grids here; FP8, NVFP4, ... in the methods that make them): its
+    compressed-tensors format, the arguments of its weights, and its stored tensors, made
+    from the weight the model computes with (and checked to give it back exactly)."""
+
+    format: str
+
+    def weight_args(self) -> Any: ...  # compressed-tensors QuantizationArgs
+
+    def serialize(self, weight: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def bits_label(self) -> str: ...  # "W4A16", "W8A8", "FP8", ... for the serving line
 
 
 @dataclass
 class LayerQuant:
-    """What the checkpoint needs of a quantized layer besides its (dequantized) weight."""
+    """An integer grid's record (GPTQ, RTN): scales, zero points, the grid."""
 
     scale: torch.Tensor  # [out, groups], in the storage dtype, on CPU
     zero: torch.Tensor  # int8 [out, groups], all 0 when symmetric
     grid: Grid
+    format: str = QUANT_FORMAT
+
+    def weight_args(self) -> Any:
+        return ct_args(self.grid)
+
+    def serialize(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`weight_packed` (codes packed in int32), `weight_scale`, `weight_shape`, and for an
+        asymmetric grid `weight_zero_point`."""
+        from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+        codes = weight_codes(weight, self)
+        tensors = {
+            "weight_packed": pack_to_int32(codes, self.grid.bits),
+            "weight_scale": self.scale.contiguous(),
+            "weight_shape": torch.tensor(list(codes.shape)),
+        }
+        if not self.grid.symmetric:
+            tensors["weight_zero_point"] = pack_to_int32(self.zero.contiguous(), self.grid.bits,
+                                                         packed_dim=0).contiguous()
+        return tensors
+
+    def bits_label(self) -> str:
+        return f"W{self.grid.bits}A16"
 
 
 def ct_args(grid: Grid):
@@ -107,8 +146,12 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def layer_codes(layer: nn.Module) -> torch.Tensor:
     """The int8 codes of a quantized layer, recovered from its weight and checked exact."""
-    quant: LayerQuant = getattr(layer, QUANT_ATTR)
-    weight = layer.weight.data.detach().cpu()
+    return weight_codes(layer.weight.data, getattr(layer, QUANT_ATTR))
+
+
+def weight_codes(weight: torch.Tensor, quant: LayerQuant) -> torch.Tensor:
+    """The int8 codes of a weight on `quant`'s grid, checked to dequantize to it exactly."""
+    weight = weight.detach().cpu()
     width = quant.grid.width(weight.shape[1])
     # divide by the scale `stored_dense` multiplied by (the float16 one put bfloat16 int8 codes
     # near 127 off by one)
@@ -121,22 +164,6 @@ def layer_codes(layer: nn.Module) -> torch.Tensor:
     if not torch.equal(again, weight):
         raise ValueError("a quantized layer's weight is off its grid (changed after quantizing)")
     return codes
-
-
-def _compressed_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
-    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
-
-    quant: LayerQuant = getattr(layer, QUANT_ATTR)
-    codes = layer_codes(layer)
-    tensors = {
-        "weight_packed": pack_to_int32(codes, quant.grid.bits),
-        "weight_scale": quant.scale.contiguous(),
-        "weight_shape": torch.tensor(list(codes.shape)),
-    }
-    if not quant.grid.symmetric:
-        tensors["weight_zero_point"] = pack_to_int32(quant.zero.contiguous(), quant.grid.bits,
-                                                     packed_dim=0).contiguous()
-    return tensors
 
 
 def _fused_parameters(model: nn.Module, layers: dict[str, nn.Module]) -> list[str]:
@@ -160,40 +187,55 @@ def _fused_parameters(model: nn.Module, layers: dict[str, nn.Module]) -> list[st
 EXPERTS_TARGET = r"re:.*\.experts\.\d+\..*"  # per-expert saved names; never a runtime module
 
 
+def _scheme(model: nn.Module, name: str, layer: nn.Module) -> tuple[str, Any, Any]:
+    """(format, weight args, input-activation args or None) of one quantized layer."""
+    record: CheckpointQuant = getattr(layer, QUANT_ATTR)
+    inputs = input_quant(model, name)
+    return record.format, record.weight_args(), None if inputs is None else inputs[0].args()
+
+
 def quantization_config(model: nn.Module, layers: dict[str, nn.Module]):
-    """compressed-tensors' `QuantizationConfig`. One grid for every layer: one group targeting
-    `Linear` (what llm-compressor writes, and vLLM expects). Several: one group per grid of
-    the dense layers, each targeting its layers by name, and one for all the expert matrices,
-    targeting them by their per-expert names (transformers finds the experts' scheme as the
-    group whose `re:` targets mention experts). Every other Linear (the LM head, excluded
-    layers) and every router is listed under `ignore`."""
+    """compressed-tensors' `QuantizationConfig`. One scheme for every layer: one group
+    targeting `Linear` (what llm-compressor writes, and vLLM expects). Several: one group per
+    scheme of the dense layers, each targeting its layers by name, and one for all the expert
+    matrices, targeting them by their per-expert names (transformers finds the experts' scheme
+    as the group whose `re:` targets mention experts). Every other Linear (the LM head,
+    excluded layers) and every router is listed under `ignore`."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
-    by_grid: dict[Grid, list[str]] = defaultdict(list)
-    expert_grids = set()
+    schemes: dict[str, tuple[str, Any, Any]] = {}
+    by_scheme: dict[str, list[str]] = defaultdict(list)
+    expert_schemes = set()
     for name, layer in layers.items():
-        grid = getattr(layer, QUANT_ATTR).grid
+        scheme = _scheme(model, name, layer)
+        key = repr((scheme[0], scheme[1], scheme[2]))
+        schemes[key] = scheme
         if isinstance(layer, ExpertLayer):
-            expert_grids.add(grid)
+            expert_schemes.add(key)
         else:
-            by_grid[grid].append(name)
-    if len(expert_grids) > 1:
-        raise ValueError("the expert matrices were quantized on different grids; a checkpoint "
-                         "holds one scheme for all experts")
+            by_scheme[key].append(name)
+    if len(expert_schemes) > 1:
+        raise ValueError("the expert matrices were quantized with different schemes; a "
+                         "checkpoint holds one scheme for all experts")
+
+    def group(key: str, targets: list[str]) -> Any:
+        fmt, weights, inputs = schemes[key]
+        return QuantizationScheme(targets=targets, weights=weights, input_activations=inputs,
+                                  format=fmt)
+
     groups = {}
-    if len(set(by_grid) | expert_grids) == 1:
-        grid = next(iter(set(by_grid) | expert_grids))
-        groups["group_0"] = QuantizationScheme(targets=["Linear"], weights=ct_args(grid))
+    if len(set(by_scheme) | expert_schemes) == 1:
+        groups["group_0"] = group(next(iter(set(by_scheme) | expert_schemes)), ["Linear"])
     else:
-        for index, (grid, names) in enumerate(by_grid.items()):
-            targets = [f"re:^{re.escape(n)}$" for n in names]
-            groups[f"group_{index}"] = QuantizationScheme(targets=targets, weights=ct_args(grid))
-        for grid in expert_grids:
-            groups["experts"] = QuantizationScheme(targets=[EXPERTS_TARGET],
-                                                   weights=ct_args(grid))
+        for index, (key, names) in enumerate(by_scheme.items()):
+            groups[f"group_{index}"] = group(key, [f"re:^{re.escape(n)}$" for n in names])
+        for key in expert_schemes:
+            groups["experts"] = group(key, [EXPERTS_TARGET])
+    formats = {scheme[0] for scheme in schemes.values()}
     ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in layers]
     ignore += sorted(router_names(model) - set(ignore))  # a router is a Linear to vLLM
-    return QuantizationConfig(config_groups=groups, format=QUANT_FORMAT,
+    return QuantizationConfig(config_groups=groups,
+                              format=formats.pop() if len(formats) == 1 else "mixed-precision",
                               quantization_status="compressed", ignore=ignore)
 
 
@@ -209,17 +251,21 @@ def save(model: nn.Module, folder: Path) -> CheckpointInfo | None:
         del state[name]  # every expert matrix of it is written packed below, one by one
     for name, layer in layers.items():
         state.pop(f"{name}.weight", None)
-        state.update({f"{name}.{k}": v for k, v in _compressed_tensors(layer).items()})
+        record: CheckpointQuant = getattr(layer, QUANT_ATTR)
+        state.update({f"{name}.{k}": v for k, v in record.serialize(layer.weight.data).items()})
+        inputs = input_quant(model, name)
+        if inputs is not None and inputs[1] is not None:  # a static activation scale
+            state[f"{name}.input_scale"] = inputs[1].detach().float().reshape(1).cpu()
     model.save_pretrained(folder, state_dict=state, safe_serialization=True,
                           max_shard_size=MAX_SHARD)
     config = quantization_config(model, layers)
     ModelCompressor(quantization_config=config).update_config(str(folder))
-    grids = {getattr(m, QUANT_ATTR).grid for m in layers.values()}
-    bits = "/".join(sorted({str(g.bits) for g in grids}))
-    scale_dtype = "/".join(sorted({str(g.scale_dtype).removeprefix("torch.") for g in grids}))
-    return CheckpointInfo(format=f"{FORMAT_NAME} ({QUANT_FORMAT})", needs_compressors_load=False,
+    records = [getattr(m, QUANT_ATTR) for m in layers.values()]
+    labels = "/".join(sorted({r.bits_label() for r in records}))
+    formats = "/".join(sorted({r.format for r in records}))
+    return CheckpointInfo(format=f"{FORMAT_NAME} ({formats})", needs_compressors_load=False,
                           how_to_load=HOW_TO_LOAD,
-                          how_to_serve=HOW_TO_SERVE.format(bits=bits, scale_dtype=scale_dtype))
+                          how_to_serve=HOW_TO_SERVE.format(labels=labels, formats=formats))
 
 
 def is_compressed_tensors(folder: Path) -> bool:
