@@ -28,6 +28,7 @@ examples do; `--calibrate always` passes the windows anyway.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -71,10 +72,8 @@ def _status_bytes(field: str) -> int | None:
 
 def reset_peak() -> None:
     """Restart the kernel's high-water mark of this process's RSS (VmHWM)."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_rss() -> int:
@@ -155,6 +154,19 @@ def perplexity(model, windows: torch.Tensor) -> float:
     return math.exp(total_nll / total_tokens)
 
 
+def quantized_modules(model) -> dict[str, int]:
+    """How many modules the evaluation forward fake-quantizes: weights, and input activations
+    (what shows that a scheme's activations really are quantized in the measured forward)."""
+    counts = {"weights": 0, "input_activations": 0}
+    for module in model.modules():
+        scheme = getattr(module, "quantization_scheme", None)
+        if scheme is None or not getattr(module, "quantization_enabled", True):
+            continue
+        counts["weights"] += scheme.weights is not None
+        counts["input_activations"] += scheme.input_activations is not None
+    return counts
+
+
 def weight_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
@@ -190,7 +202,7 @@ def run_one(scheme: str, model_dir: Path, windows_path: Path, out: Path,
     calibration, evaluation, metadata = load_windows(windows_path)
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"scheme": scheme, "label": label, "model": str(model_dir),
-                    "windows": str(windows_path),
+                    "windows": str(windows_path), "windows_metadata": metadata,
                     "calibration_shape": list(calibration.shape),
                     "evaluation_shape": list(evaluation.shape),
                     "calibration_sha256": digest(calibration),
@@ -224,6 +236,7 @@ def run_one(scheme: str, model_dir: Path, windows_path: Path, out: Path,
         peaks.append(result["oneshot_peak_rss_bytes"])
         result["recipe"] = [repr(m) for m in recipe]
     result["seconds"] = seconds
+    result["quantized_modules"] = quantized_modules(model)
     began = time.perf_counter()
     result["perplexity"] = perplexity(model, evaluation)
     result["eval_seconds"] = time.perf_counter() - began
