@@ -19,6 +19,14 @@ compared; the sparse rows check from the saved files that every pruned weight ha
     .venv/bin/python bench/quantize.py --only fp32 fp4 dq     # a subset of rows
     .venv/bin/python bench/quantize.py --table int            # the GPTQ / RTN table
     .venv/bin/python bench/quantize.py --table int --only gptq4 rtn4 --samples 8
+
+`--table deploy` is the serving-scheme table (issue 27; `bench/quantize_deploy.py`): fp8, w8a8,
+awq and nvfp4 beside fp32, GPTQ int4 / int8 and bnb, each row in a fresh process, with
+llm-compressor 0.14's own implementation of each scheme run in its venv on the same windows in
+the same run (`bash bench/peer/setup-llmcompressor.sh` once first; `--no-peer` skips it).
+
+    .venv/bin/python bench/quantize.py --table deploy --out /tmp/deploy
+    .venv/bin/python bench/quantize.py --table deploy --only fp32 fp8 --windows 4 --samples 4
 """
 
 from __future__ import annotations
@@ -33,9 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import quantize_deploy  # beside this file
 import torch
 
 MB = 1e6
+DEPLOY_ROWS = tuple(quantize_deploy.OURS)
 ROWS = ("fp32", "int8", "nf4", "lorc", "fp4", "dq", "wanda")
 INT_ROWS = ("rtn4", "gptq4", "gptq4ch", "gptq8", "sgpt50", "sgpt24")
 
@@ -137,17 +147,25 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=40, help="evaluation windows of 512")
     parser.add_argument("--ranks", type=int, nargs="*", default=[4, 8, 16, 32])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--table", choices=("bnb", "int"), default="bnb")
+    parser.add_argument("--table", choices=("bnb", "int", "deploy"), default="bnb")
     parser.add_argument("--second-windows", type=int, default=None, help="--table int: "
                         "windows of the second text (default: --windows)")
     parser.add_argument("--fresh-windows", type=int, default=None, help="--table int: "
                         "evaluation windows for the fresh-process reload check (default: all)")
     parser.add_argument("--samples", type=int, default=32, help="--table int: calibration "
                         "windows of 512 (protocol: 32)")
-    parser.add_argument("--only", nargs="*", choices=ROWS + INT_ROWS, default=None,
-                        help="rows to run (a long run can be split over processes)")
+    parser.add_argument("--only", nargs="*", choices=sorted({*ROWS, *INT_ROWS, *DEPLOY_ROWS}),
+                        default=None, help="rows to run (a long run can be split over processes)")
+    parser.add_argument("--out", type=Path, default=None, help="--table deploy: folder for the "
+                        "windows file, the peer's checkpoints and results.json")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="--table deploy: our rows only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.table == "deploy":
+        args.fresh_windows = args.fresh_windows or 8
+        quantize_deploy.main(args)
+        return
     if args.table == "int":
         main_int(args)
         return

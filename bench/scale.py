@@ -1,15 +1,25 @@
-"""Scale: random Llama models of ~0.5B, ~1.5B and ~4B parameters compressed in memory-capped
-processes, held in memory, onloaded and streamed.
+"""Scale: random Llama models of ~0.5B, ~1.5B and ~4B parameters and a random Qwen3-MoE-shaped
+model of ~2.4B compressed in memory-capped processes, held in memory, onloaded and streamed.
 
-    .venv/bin/python bench/scale.py                      # every size, wanda + sparsegpt
+    .venv/bin/python bench/scale.py   # dense sizes (wanda, sparsegpt), the 2.4B MoE (wanda, gptq)
     .venv/bin/python bench/scale.py --sizes 0.5b --methods wanda --out bench/results/scale.md
+    .venv/bin/python bench/scale.py --sizes qwen3moe-2.4b --placements in_memory streamed
 
 Models are built from a config with random weights (quality is not measured here, memory and
 time are), written once as bf16 safetensors shards into `~/.cache/compressors/bench-scale/`,
-block by block, so writing them never needs the whole model in RAM. All sizes share one width
-(hidden 2048, MLP 5632, 16 heads, SmolLM2's tokenizer) and differ in depth, so the work per
-parameter is the same at every size and seconds per billion parameters shows whether the
+block by block, so writing them never needs the whole model in RAM. All dense sizes share one
+width (hidden 2048, MLP 5632, 16 heads, SmolLM2's tokenizer) and differ in depth, so the work
+per parameter is the same at every size and seconds per billion parameters shows whether the
 engine adds anything that grows faster than the model.
+
+The MoE models have Qwen3-30B-A3B's block (hidden 2048, 32 query and 4 key-value heads of 128
+with q/k norms, experts of width 768, 8 per token) with fewer blocks: `qwen3moe-2.4b` has 7
+blocks of 64 experts, `qwen3moe-3.3b` 5 blocks of Qwen3's 128. They are written as transformers
+saves Qwen3-MoE (one matrix per expert, `mlp.experts.<e>.gate_proj.weight`), so a streamed run
+converts every block on the way in and out. Their default methods are wanda (routed tokens, one
+pass per block) and gptq (every token through every expert for the Hessians, in passes of at
+most 1 GiB of sums: `ops.hessian_passes`); gptq rows publish dense weights holding the int4
+values (group 128).
 
 Each run is a child process placed in a cgroup of its own whose memory limit is the cap
 (cgroup v1 `memory.limit_in_bytes` or v2 `memory.max`, under this process's cgroup); the
@@ -30,12 +40,46 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 16,
          "num_key_value_heads": 8}
-SIZES = {"0.5b": 6, "1.5b": 25, "4b": 74}  # layers
+# Qwen3-30B-A3B's block (its config.json), the number of experts and blocks aside
+MOE_WIDTH = {"hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768,
+             "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+             "num_experts_per_tok": 8, "norm_topk_prob": True}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A benchmark model: a dense Llama, or with `experts` a Qwen3-MoE."""
+
+    layers: int
+    experts: int = 0
+    width: dict[str, Any] = field(default_factory=dict)  # default: WIDTH or MOE_WIDTH
+
+    @property
+    def methods(self) -> list[str]:
+        return ["wanda", "gptq"] if self.experts else ["wanda", "sparsegpt"]
+
+    def config(self, vocab: int) -> Any:
+        from transformers import LlamaConfig, Qwen3MoeConfig
+
+        common = {"vocab_size": vocab, "num_hidden_layers": self.layers,
+                  "tie_word_embeddings": False, "dtype": "bfloat16"}
+        if not self.experts:
+            return LlamaConfig(architectures=["LlamaForCausalLM"], **common,
+                               **(self.width or WIDTH))
+        return Qwen3MoeConfig(architectures=["Qwen3MoeForCausalLM"], num_experts=self.experts,
+                              **common, **(self.width or MOE_WIDTH))
+
+
+SIZES = {"0.5b": Spec(6), "1.5b": Spec(25), "4b": Spec(74),
+         "qwen3moe-2.4b": Spec(7, experts=64), "qwen3moe-3.3b": Spec(5, experts=128)}
+DEFAULT_SIZES = ["0.5b", "1.5b", "4b", "qwen3moe-2.4b"]
 GB = 1e9
 
 CHILD = """
@@ -62,13 +106,19 @@ print(json.dumps({"seconds": time.perf_counter() - began,
 """
 
 # Outside the cap: the published checkpoint must load with stock transformers (bf16, so the
-# 4B model's 8 GB fit this machine) and be pruned where it says.
+# 4B model's 8 GB fit this machine) and be pruned (or quantized) where it says: the last
+# block's down projection (every expert's, in a MoE), its zeros, and the most distinct values
+# in a 128-wide group of its first rows (at most 16 on gptq's int4 grid).
 LOADS = """
-import sys, torch
+import json, sys, torch
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
-weight = model.model.layers[-1].mlp.down_proj.weight
-print(float((weight == 0).float().mean()))
+mlp = model.model.layers[-1].mlp
+experts = getattr(mlp, "experts", None)
+weight = experts.down_proj if experts is not None else mlp.down_proj.weight
+rows = (weight[0] if weight.ndim == 3 else weight)[:8].float()
+levels = max(int(group.unique().numel()) for row in rows for group in row.split(128))
+print(json.dumps({"zeros": float((weight == 0).float().mean()), "levels": levels}))
 """
 
 
@@ -77,21 +127,21 @@ def model_folder(size: str) -> Path:
 
 
 def build_model(size: str) -> Path:
-    """Write a random bf16 Llama of `size` block by block (skipped when already there)."""
+    """Write a random bf16 model of `size` block by block (skipped when already there), in
+    the layout transformers saves it in (a MoE's experts one matrix each)."""
     folder = model_folder(size)
     if (folder / "config.json").is_file():
         return folder
     import torch
     from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.core_model_loading import revert_weight_conversion
 
     from compressors.assets import smollm2_path
     from compressors.io.stream import ShardWriter
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path(), local_files_only=True)
-    config = LlamaConfig(vocab_size=len(tokenizer), num_hidden_layers=SIZES[size],
-                         tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
-                         dtype="bfloat16", **WIDTH)
+    config = SIZES[size].config(len(tokenizer))
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config)
     staging = folder.with_name(folder.name + f".building-{uuid.uuid4().hex[:6]}")
@@ -108,7 +158,7 @@ def build_model(size: str) -> Path:
                 tensors[name] = torch.ones(shape, dtype=torch.bfloat16)
             else:
                 tensors[name] = (torch.randn(shape, generator=generator) * 0.02).bfloat16()
-        writer.write(tensors)
+        writer.write(revert_weight_conversion(skeleton, tensors))
     writer.close()
     config.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
@@ -158,13 +208,25 @@ def capped_run(model: Path | str, recipe: dict, out: Path, cap: int) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def loads_pruned(out: Path) -> str:
-    """`from_pretrained` on the output, uncapped: the last block's down_proj zero share."""
+def loads_pruned(out: Path, method: str) -> str:
+    """`from_pretrained` on the output, uncapped: the last block's down_proj zero share (or,
+    quantized, its most distinct values in a group of 128)."""
     done = subprocess.run([sys.executable, "-c", LOADS, str(out)], capture_output=True,
                           text=True, check=False, cwd=ROOT)
     if done.returncode != 0:
         return "fails: " + done.stderr.strip()[-120:]
-    return f"yes, {float(done.stdout.strip().splitlines()[-1]):.0%} zeros"
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if method == "gptq":
+        return f"yes, {found['levels']} values per group of 128"
+    return f"yes, {found['zeros']:.0%} zeros"
+
+
+def step_of(method: str) -> dict:
+    """The benchmark's step: 50% unstructured for the pruning methods, int4 in groups of 128
+    for gptq."""
+    if method == "gptq":
+        return {"method": "gptq", "group_size": 128}
+    return {"method": method, "sparsity": 0.5}
 
 
 def smollm2_rows(cap: int) -> list[dict]:
@@ -208,7 +270,7 @@ def streamed_need(folder: Path, methods: list[str]) -> int:
     from compressors.recipe import parse_recipe
 
     peaks = [estimate_source(folder, parse_recipe(
-        {"steps": [{"method": method, "sparsity": 0.5}], "placement": "streamed",
+        {"steps": [step_of(method)], "placement": "streamed",
          "calibration": {"samples": 8, "seqlen": 256}, "evaluation": {"windows": 0}}))
         .peak("streamed") for method in methods]
     return int(1.1 * max(peaks))
@@ -233,8 +295,10 @@ def fp32_bytes(folder: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
+    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, choices=list(SIZES))
+    parser.add_argument("--methods", nargs="+",
+                        help="default: wanda and sparsegpt on the dense sizes, wanda and gptq "
+                        "on the MoE")
     parser.add_argument("--placements", nargs="+",
                         default=["in_memory", "onloaded", "streamed"])
     parser.add_argument("--cap-fraction", type=float, default=0.4,
@@ -248,12 +312,13 @@ def main() -> int:
     rows = []
     for size in args.sizes:
         folder = build_model(size)
+        methods = args.methods or SIZES[size].methods
         full = fp32_bytes(folder)
-        cap = max(int(full * args.cap_fraction), streamed_need(folder, args.methods))
+        cap = max(int(full * args.cap_fraction), streamed_need(folder, methods))
         disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-        for method in args.methods:
+        for method in methods:
             for placement in args.placements:
-                recipe = {"steps": [{"method": method, "sparsity": 0.5}],
+                recipe = {"steps": [step_of(method)],
                           "placement": placement,
                           "calibration": {"samples": 8, "seqlen": 256},
                           "evaluation": {"windows": 0}}
@@ -261,9 +326,10 @@ def main() -> int:
                 began = time.perf_counter()
                 result = capped_run(folder, recipe, out, cap)
                 if "seconds" in result:
-                    result["loads"] = loads_pruned(out)
+                    result["loads"] = loads_pruned(out, method)
                 subprocess.run(["rm", "-rf", str(out)], check=False)
-                rows.append({"size": size, "parameters": full // 4, "fp32": full, "disk": disk,
+                rows.append({"size": size, "experts": SIZES[size].experts,
+                             "parameters": full // 4, "fp32": full, "disk": disk,
                              "bar": bar_bytes(folder, 8, 256),
                              "cap": cap, "method": method, "placement": placement,
                              "wall": time.perf_counter() - began, **result})
@@ -292,16 +358,22 @@ def render(rows: list[dict]) -> str:
         lines.append(f"| {row['size']} | {row['parameters'] / 1e9:.2f}B | {row['fp32'] / GB:.1f} "
                      f"| {row['disk'] / GB:.1f} | {row['method']} | {row['placement']} | "
                      f"{row['cap'] / GB:.1f} | {result} |")
-    per_b = {}
+    per_b: dict[tuple[str, str], list[float]] = {}
     for row in rows:
         if row.get("placement") == "streamed" and "seconds" in row:
-            per_b.setdefault(row["method"], []).append(
+            family = f"MoE, {row['experts']} experts" if row["experts"] else "dense"
+            per_b.setdefault((row["method"], family), []).append(
                 row["seconds"] / (row["parameters"] / 1e9))
-    for method, values in per_b.items():
-        lines.append(f"\n{method} streamed: seconds per billion parameters from smallest to "
-                     f"largest {' / '.join(f'{v:.0f}' for v in values)} "
+    for (method, family), values in per_b.items():
+        lines.append(f"\n{method} streamed ({family}): seconds per billion parameters from "
+                     f"smallest to largest {' / '.join(f'{v:.0f}' for v in values)} "
                      f"(max/min {max(values) / min(values):.2f}, median "
                      f"{statistics.median(values):.0f})")
+    for row in rows:
+        if row["experts"] and row.get("placement") == "streamed" and "seconds" in row:
+            lines.append(f"\n{row['size']} {row['method']} streamed: fp32 weights "
+                         f"{row['fp32'] / row['cap']:.1f} x the cap, peak RSS "
+                         f"{row['peak'] / row['cap']:.0%} of it")
     return "\n".join(lines)
 
 

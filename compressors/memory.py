@@ -3,7 +3,10 @@
 Nothing is loaded: tensor shapes and dtypes come from the safetensors headers
 (`io.model_files.tensor_sizes`), the architecture's widths from config.json. The transformer blocks
 are found by name (the longest `prefix.<i>.` run of tensors), so no per-architecture table is
-needed. For each step the estimate adds what the step holds besides the model (the registry's
+needed; a mixture-of-experts block's experts too, whether the checkpoint stores them one by one
+(`...experts.<e>.<matrix>.weight`) or fused in 3-D tensors, and the Hessians of such a block
+are counted as the engine holds them, one pass of experts at a time (`ops.hessian_passes`).
+For each step the estimate adds what the step holds besides the model (the registry's
 `MemoryNeeds`: Hessians, a teacher copy, training state) to the model itself, held one of three
 ways (`engine.placement`); `choose_placement` picks the first way that fits the worker.
 
@@ -28,6 +31,7 @@ from compressors.io.model_files import (
     tensor_sizes,
 )
 from compressors.methods import METHODS
+from compressors.ops.hessian_passes import hessian_passes, sum_bytes
 from compressors.recipe.fields import TrainingConfig
 from compressors.recipe.protocol import LOGIT_CHUNK
 from compressors.recipe.step import MemoryNeeds, StepConfig
@@ -35,6 +39,8 @@ from compressors.recipe.step import MemoryNeeds, StepConfig
 GiB = 1024**3
 RUNTIME_BYTES = int(0.45 * GiB)  # Python + torch + transformers + tokenizer, measured
 _BLOCK = re.compile(r"^(.*?)\.(\d+)\.")
+_PER_EXPERT = re.compile(r"\.experts\.(\d+)\.")  # a checkpoint storing experts one by one
+_INPUT_SIDE = ("gate", "up", "input", "w1", "w3", "fc1")  # fused experts reading the hidden
 _RUN_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _CONFIG_DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2, "torch.float32": 4,
                   "torch.bfloat16": 2, "torch.float16": 2}
@@ -49,12 +55,15 @@ class ModelShape:
     outer_parameters: int  # embeddings, final norm, LM head (a tied head once)
     block_parameters: int  # the largest block
     blocks: int
-    block_inputs: tuple[int, ...]  # in_features of each 2-D weight of the largest block
+    block_inputs: tuple[int, ...]  # in_features of each dense 2-D weight of the largest block
     block_outputs: tuple[int, ...]  # out_features of the same weights
     hidden: int
     intermediate: int
     heads: int
     vocab: int
+    experts: int = 0  # experts of the largest block (0: dense)
+    expert_inputs: tuple[int, ...] = ()  # in_features of each matrix of one of its experts
+    expert_outputs: tuple[int, ...] = ()  # out_features of the same matrices
 
 
 @dataclass(frozen=True)
@@ -124,23 +133,33 @@ def read_shape(folder: Path) -> ModelShape | None:
     if not counts:
         return None
     prefix = max(counts, key=counts.__getitem__)
+    hidden = int(config.get("hidden_size") or config.get("n_embd") or config.get("d_model") or 0)
     per_block: dict[int, int] = {}
     inputs: dict[int, list[int]] = {}
     outputs: dict[int, list[int]] = {}
+    experts: dict[int, dict[int, list[tuple[int, int]]]] = {}  # block -> expert -> (in, out)
+    fused: dict[int, list[tuple[int, int, int]]] = {}  # block -> (experts, in, out) per tensor
     outer = 0
     for name, (shape, _dtype) in sizes.items():
         match = _BLOCK.match(name)
         if match and match.group(1) == prefix:
             index = int(match.group(2))
             per_block[index] = per_block.get(index, 0) + _numel(shape)
-            if len(shape) == 2 and name.endswith(".weight"):
+            per_expert = _PER_EXPERT.search(name[match.end() - 1:])
+            if len(shape) == 2 and name.endswith(".weight") and per_expert:
+                experts.setdefault(index, {}).setdefault(int(per_expert.group(1)), []).append(
+                    (shape[1], shape[0]))
+            elif len(shape) == 2 and name.endswith(".weight"):
                 inputs.setdefault(index, []).append(shape[1])
                 outputs.setdefault(index, []).append(shape[0])
+            elif len(shape) == 3 and min(shape[1:]) > 1:
+                fused.setdefault(index, []).append((shape[0], *_fused_matrix(name, shape,
+                                                                              hidden)))
         else:
             outer += _numel(shape)
     largest = max(per_block, key=per_block.__getitem__)
+    count, expert_matrices = _experts_of(experts.get(largest, {}), fused.get(largest, []))
     stored = [dtype_bytes(d) for _s, d in sizes.values()]
-    hidden = int(config.get("hidden_size") or config.get("n_embd") or config.get("d_model") or 0)
     return ModelShape(
         parameters=sum(_numel(s) for s, _d in sizes.values()),
         stored_bytes_per_param=max(set(stored), key=stored.count),
@@ -150,8 +169,39 @@ def read_shape(folder: Path) -> ModelShape | None:
         intermediate=int(config.get("intermediate_size") or config.get("n_inner")
                          or config.get("ffn_dim") or 4 * hidden),
         heads=int(config.get("num_attention_heads") or config.get("n_head") or 1),
-        vocab=int(config.get("vocab_size") or 0),
+        vocab=int(config.get("vocab_size") or 0), experts=count,
+        expert_inputs=tuple(width for width, _ in expert_matrices),
+        expert_outputs=tuple(rows for _, rows in expert_matrices),
     )
+
+
+def _fused_matrix(name: str, shape: tuple[int, ...], hidden: int) -> tuple[int, int]:
+    """(in, out) of one expert's matrix of a fused `[E, a, b]` experts tensor, stored
+    `[E, out, in]` or transposed (GPT-OSS): a matrix on the input side of the MLP reads the
+    hidden states, the others write them (the convention of `engine.experts`)."""
+    _count, rows, cols = shape
+    leaf = name.removesuffix(".weight").rsplit(".", 1)[-1]
+    if any(marker in leaf for marker in _INPUT_SIDE):
+        width = hidden if hidden in (rows, cols) else cols
+    elif rows == hidden and cols != hidden:
+        width = cols
+    elif cols == hidden and rows != hidden:
+        width = rows
+    else:
+        width = cols
+    return width, rows * cols // width
+
+
+def _experts_of(per_expert: dict[int, list[tuple[int, int]]],
+                fused: list[tuple[int, int, int]]) -> tuple[int, list[tuple[int, int]]]:
+    """(experts, (in, out) of each matrix of the widest expert) of one block, from the
+    matrices stored one by one and the fused 3-D tensors (one matrix per expert each)."""
+    if per_expert:
+        widest = max(per_expert.values(), key=lambda ms: sum(w * w for w, _ in ms))
+        return len(per_expert), widest
+    if fused:
+        return max(count for count, _, _ in fused), [(w, out) for _, w, out in fused]
+    return 0, []
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -193,12 +243,12 @@ def estimate(shape: ModelShape | None, recipe: Any, run_bytes: int) -> Estimate:
     transient = _block_transient(shape, min(4, cal.samples), cal.seqlen, run_bytes)
     held = {"in_memory": weights, "onloaded": weights,
             "streamed": (shape.outer_parameters + 2 * shape.block_parameters) * run_bytes}
-    for step in recipe.steps:
+    for index, step in enumerate(recipe.steps):
         method = METHODS[step.method]
         needs = step_needs(step, method.memory)
         extra = activations + transient if method.needs_calibration or needs.hessians else 0
         if needs.hessians:
-            extra += _hessian_bytes(shape)
+            extra += _hessian_bytes(shape, needs.kept_hessians)
         whole = 0
         if needs.teacher:
             whole += weights
@@ -209,7 +259,7 @@ def estimate(shape: ModelShape | None, recipe: Any, run_bytes: int) -> Estimate:
         if needs.reload:
             whole += weights + _rebuilt_bytes(shape, needs.reload_bits, run_bytes)
         if method.uses_masks:
-            whole += _mask_bytes(shape)
+            whole += _mask_bytes(shape, earlier=index > 0, training=not method.blockwise)
         ram = {mode: RUNTIME_BYTES + base + extra + whole for mode, base in held.items()}
         on_device = {"in_memory": weights + extra + whole,
                      "onloaded": (shape.outer_parameters + shape.block_parameters) * run_bytes
@@ -233,15 +283,30 @@ def _block_transient(shape: ModelShape, batch: int, seqlen: int, run_bytes: int)
     return attention + mlp
 
 
-def _hessian_bytes(shape: ModelShape) -> int:
-    """One float64 `in × in` sum per layer input of the largest block while they accumulate;
-    then, factoring, each sum is freed as its factor is made, and the widest input's
-    factorisation holds two float64 `in × in` matrices (`ops.hessian`); plus the float32
-    factor of each distinct input."""
-    distinct = sorted(set(shape.block_inputs)) or [shape.hidden]
-    sums = sum(8 * width * width for width in shape.block_inputs)
-    factors = sum(4 * width * width for width in distinct)
-    return max(sums, 2 * 8 * max(distinct) ** 2) + factors
+def _hessian_bytes(shape: ModelShape, kept: bool) -> int:
+    """The Hessians of the largest block's largest pass (`ops.hessian_passes`: its dense
+    layers first, then whole experts as long as their sums fit; one pass for a dense block).
+    Per pass: one float64 `in × in` sum per layer while they accumulate; then, factoring,
+    each sum is freed as its factor is made, and the widest input's factorisation holds two
+    float64 `in × in` matrices (`ops.hessian`); plus the float32 factor of each distinct
+    input (per expert: an expert's gate and up share theirs), and with `kept` (GPTQ) a
+    float32 copy of every layer's Hessian."""
+    dense = dict(enumerate(shape.block_inputs or (shape.hidden,)))
+    expert = {("expert", i): width for i, width in enumerate(shape.expert_inputs)}
+    experts = [{(e, key): width for key, width in expert.items()}
+               for e in range(shape.experts)]
+    widths = {**dense, **{key: w for one in experts for key, w in one.items()}}
+    largest = 0
+    for layers in hessian_passes(dense, experts):
+        inputs = [widths[key] for key in layers]
+        sums = sum(sum_bytes(width) for width in inputs)
+        dense_widths = {widths[key] for key in layers if key in dense}
+        factors = sum(4 * width * width for width in dense_widths)
+        in_pass = {key[0] for key in layers if key not in dense}
+        factors += len(in_pass) * sum(4 * width * width for width in set(shape.expert_inputs))
+        copies = sum(4 * width * width for width in inputs) if kept else 0
+        largest = max(largest, max(sums, 2 * sum_bytes(max(inputs))) + factors + copies)
+    return largest
 
 
 def _rebuilt_bytes(shape: ModelShape, bits: int, run_bytes: int) -> int:
@@ -251,12 +316,17 @@ def _rebuilt_bytes(shape: ModelShape, bits: int, run_bytes: int) -> int:
     return blocks + shape.outer_parameters * run_bytes
 
 
-def _mask_bytes(shape: ModelShape) -> int:
+def _mask_bytes(shape: ModelShape, earlier: bool, training: bool) -> int:
     """A step that keeps earlier masks holds, per weight of the blocks, the recorded bool mask
     and its intersection with the current nonzeros (1 byte each), and while adapters train
     one float32 work copy (the merged weight a layer's forward and backward form): 6 bytes per
-    block weight, which is what PERP on SmolLM2 measures above the pruned model (+0.6 GB)."""
-    return 6 * shape.blocks * shape.block_parameters
+    block weight, which is what PERP on SmolLM2 measures above the pruned model (+0.6 GB).
+    A blockwise step (GPTQ, RTN) forms the intersection one layer at a time: it holds the
+    recorded masks of every block, 1 byte per block weight, and none as the recipe's first
+    step (no earlier step recorded any)."""
+    if training:
+        return 6 * shape.blocks * shape.block_parameters
+    return shape.blocks * shape.block_parameters if earlier else 0
 
 
 def _training_bytes(shape: ModelShape, step: StepConfig, needs: MemoryNeeds) -> int:

@@ -50,6 +50,15 @@ def tiny_config(kind: str, vocab_size: int = 256, blocks: int = 2, hidden: int =
                          num_hidden_layers=blocks,
                          num_attention_heads=4, max_position_embeddings=512,
                          word_embed_proj_dim=hidden, architectures=["OPTForCausalLM"])
+    if kind == "qwen3_moe":  # a mixture-of-experts block: 8 experts, 2 per token
+        from transformers import Qwen3MoeConfig
+
+        return Qwen3MoeConfig(vocab_size=vocab_size, hidden_size=hidden,
+                              intermediate_size=2 * hidden, moe_intermediate_size=hidden // 2,
+                              num_hidden_layers=blocks, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=hidden // 4, num_experts=8,
+                              num_experts_per_tok=2, max_position_embeddings=512,
+                              tie_word_embeddings=True, architectures=["Qwen3MoeForCausalLM"])
     if kind == "bert":
         return BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                           num_hidden_layers=2, num_attention_heads=4,

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from compressors.engine.layers import dense_weight, is_packed
@@ -130,6 +131,51 @@ def int_weights(bits: int, nm: tuple[int, int] | None = None) -> Check:
     return check
 
 
+def float_weights(scheme: str, nm: tuple[int, int] | None = None) -> Check:
+    """fp8 / nvfp4: block layers reload as plain Linear layers holding values of the scheme's
+    grid (fp8: every row is its FP8 codes times one scale; nvfp4: at most 15 magnitudes in each
+    group of 16), the section states each tensor's precision at inference, the model card's
+    serving text names the GPU; N:M zeros of an earlier pruning step are still there."""
+
+    def check(model: nn.Module, report: dict[str, Any]) -> None:
+        from compressors.ops.float_quant import fp8_codes, fp8_dequantize, fp8_weight_scale
+
+        section = report["quantization"]
+        assert set(section["precision"]) == {"weights", "input_activations", "kv_cache", "gpu"}
+        assert "vllm serve" in report["checkpoint"]["how_to_serve"]
+        assert ("Hopper" if scheme == "fp8" else "Blackwell") in report["checkpoint"][
+            "how_to_serve"]
+        for name, layer in select_layers(model).items():
+            weight = weight_matrix(layer).float()
+            if scheme == "fp8":
+                scale = fp8_weight_scale(weight, "channel")
+                again = fp8_dequantize(fp8_codes(weight, scale, "channel"), scale, "channel")
+                assert torch.equal(again, weight), name
+            else:
+                groups = weight.abs().reshape(-1, 16)
+                assert max(len(set(g.tolist())) for g in groups) <= 8, name
+            if nm is not None:
+                assert nm_groups_valid(weight, *nm), f"{name} breaks {nm}"
+        assert set(section["relative_error"]["per_layer"]) == set(select_layers(model))
+
+    return check
+
+
+def scaled_int_weights(bits: int, gpu: str, nm: tuple[int, int] | None = None) -> Check:
+    """w8a8 / awq: the integer-grid checks, plus scales folded somewhere, each tensor's
+    precision at inference in the section and the GPU generation in the serving text."""
+    grid = int_weights(bits, nm)
+
+    def check(model: nn.Module, report: dict[str, Any]) -> None:
+        grid(model, report)
+        section = report["quantization"]
+        assert set(section["precision"]) == {"weights", "input_activations", "kv_cache", "gpu"}
+        assert section["smoothing" if "smoothing" in section else "folds"]
+        assert gpu in report["checkpoint"]["how_to_serve"]
+
+    return check
+
+
 CASES: dict[str, list[ContractCase]] = {
     "magnitude": [
         ContractCase("magnitude-50", [{"method": "magnitude", "sparsity": 0.5}],
@@ -199,6 +245,46 @@ CASES: dict[str, list[ContractCase]] = {
         ContractCase("rtn-w8-per-channel", [{"method": "rtn", "bits": 8, "group_size": -1}],
                      {"method": "rtn", "symmetric": False}, "symmetric", int_weights(8),
                      architectures=("llama",)),
+    ],
+    "w8a8": [
+        ContractCase("w8a8-smoothquant-gptq", [{"method": "w8a8"}],
+                     {"method": "w8a8", "alpha": 1.5}, "alpha",
+                     scaled_int_weights(8, "Turing"), architectures=("llama",)),
+        ContractCase("wanda-2:4-then-w8a8-rtn",
+                     [{"method": "wanda", "pattern": "2:4"},
+                      {"method": "w8a8", "quantizer": "rtn"}],
+                     {"method": "w8a8", "quantizer": "awq"}, "quantizer",
+                     scaled_int_weights(8, "Turing", (2, 4)), architectures=("llama",)),
+    ],
+    "awq": [
+        ContractCase("awq-w4-g32-rtn", [{"method": "awq", "group_size": 32, "grid": 4}],
+                     {"method": "awq", "grid": 1}, "grid",
+                     scaled_int_weights(4, "Ampere"), architectures=("llama",)),
+        ContractCase("sparsegpt-2:4-then-awq-gptq",
+                     [{"method": "sparsegpt", "pattern": "2:4", "blocksize": 32},
+                      {"method": "awq", "group_size": 32, "quantizer": "gptq", "grid": 4}],
+                     {"method": "awq", "scales": "weights"}, "scales",
+                     scaled_int_weights(4, "Ampere", (2, 4)), architectures=("llama",)),
+    ],
+    "fp8": [
+        ContractCase("fp8-dynamic", [{"method": "fp8"}],
+                     {"method": "fp8", "weights": "block", "activations": "static"},
+                     "activations", float_weights("fp8"), architectures=("llama",)),
+        ContractCase("wanda-2:4-then-fp8-static",
+                     [{"method": "wanda", "pattern": "2:4"},
+                      {"method": "fp8", "activations": "static"}],
+                     {"method": "fp8", "weights": "tensor"}, "weights",
+                     float_weights("fp8", (2, 4)), architectures=("llama",)),
+    ],
+    "nvfp4": [
+        ContractCase("nvfp4-a16", [{"method": "nvfp4"}],
+                     {"method": "nvfp4", "activations": "fp8"}, "activations",
+                     float_weights("nvfp4"), architectures=("llama",)),
+        ContractCase("sparsegpt-2:4-then-nvfp4-a4",
+                     [{"method": "sparsegpt", "pattern": "2:4", "blocksize": 32},
+                      {"method": "nvfp4", "activations": "fp4"}],
+                     {"method": "nvfp4", "group_size": 32}, "group_size",
+                     float_weights("nvfp4", (2, 4)), architectures=("llama",)),
     ],
     "lowrank": [
         ContractCase("lowrank-pela",

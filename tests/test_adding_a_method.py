@@ -123,9 +123,9 @@ def _add_method(root: Path) -> None:
     assert anchor in text
     text = text.replace(anchor,
                         anchor + "from compressors.methods.halve.config import METHOD as HALVE\n")
-    anchor = "GPTQ, RTN, LOWRANK)"
+    anchor = "GPTQ, RTN, LOWRANK"  # whatever methods follow it in the tuple
     assert anchor in text
-    registry.write_text(text.replace(anchor, "GPTQ, RTN, LOWRANK, HALVE)"))
+    registry.write_text(text.replace(anchor, "GPTQ, RTN, LOWRANK, HALVE"))
     cases = root / "tests" / "contract_cases.py"
     text = cases.read_text()
     anchor = "CASES: dict[str, list[ContractCase]] = {\n"

@@ -292,3 +292,26 @@ def test_half_precision_models_save_and_reload_bit_for_bit(tmp_path, dtype):
         for name, layer in select_layers(model).items():
             again = reloaded.get_submodule(name).weight
             assert again.dtype == dtype and torch.equal(again, layer.weight), (bits, name)
+
+
+def test_hessian_passes_change_nothing_for_dense_blocks_and_independent_experts(monkeypatch):
+    """GPTQ in several Hessian passes per block: a dense block is one pass whatever the budget
+    (the same weights bit for bit, and the same report), and experts, which read the same
+    inputs whichever pass they are in, quantize exactly as in one pass when nothing before
+    them changes (only experts selected); the default selection ends fully quantized."""
+    from compressors.ops import hessian_passes
+
+    for kind, include in (("llama", None), ("qwen3_moe", ["experts"]), ("qwen3_moe", None)):
+        results = []
+        for budget in (hessian_passes.PASS_BYTES, 64 * 1024):
+            monkeypatch.setattr(hessian_passes, "PASS_BYTES", budget)
+            model = tiny_model(kind)
+            result = run_gptq(model, GPTQConfig(group_size=32, include=include), _context())
+            results.append((model.state_dict(), result.section))
+        (first, section), (second, chunked) = results
+        assert chunked.quantized_layers == section.quantized_layers
+        if include is None and kind == "qwen3_moe":  # the experts saw quantized attention
+            assert chunked.quantized_layers == 2 * (4 + 8 * 3)
+            continue
+        assert all(torch.equal(first[k], second[k]) for k in first), kind
+        assert chunked.relative_error == section.relative_error, kind

@@ -155,6 +155,102 @@ def test_estimate_is_within_a_quarter_of_the_measured_peak(case):
     assert 0.75 <= ratio <= 1.25, result
 
 
+def _random_moe(folder: Path, tokenizer) -> Path:
+    """A random Qwen3-MoE, fp32: 2 blocks of 32 experts (hidden 1024, expert width 256), whose
+    per-expert Hessians (16.5 MiB each, 528 MiB a block) outweigh a pass of 128 MiB."""
+    from transformers import AutoModelForCausalLM, Qwen3MoeConfig
+
+    config = Qwen3MoeConfig(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=2048,
+                            moe_intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
+                            num_key_value_heads=4, head_dim=128, num_experts=32,
+                            num_experts_per_tok=4, tie_word_embeddings=True,
+                            architectures=["Qwen3MoeForCausalLM"])
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def moe_folder(tmp_path_factory, smollm2_tokenizer) -> Path:
+    return _random_moe(tmp_path_factory.mktemp("moe"), smollm2_tokenizer)
+
+
+def test_the_shape_counts_experts_and_their_hessians_a_pass_at_a_time(moe_folder, monkeypatch):
+    """Experts stored one by one are counted as experts, not as dense layers; their Hessians
+    count one pass's worth (`ops.hessian_passes`), as the engine holds them."""
+    from compressors.ops import hessian_passes
+
+    shape = memory.read_shape(moe_folder)
+    assert (shape.experts, sorted(shape.expert_inputs)) == (32, [256, 1024, 1024])
+    assert sorted(shape.expert_outputs) == [256, 256, 1024]
+    assert sorted(set(shape.block_inputs)) == [1024]  # q/k/v/o and the router
+    recipe = parse_recipe({"steps": [{"method": "sparsegpt", "sparsity": 0.5}]})
+    whole = memory.estimate(shape, recipe, 4).peak("streamed")
+    monkeypatch.setattr(hessian_passes, "PASS_BYTES", 128 * 2**20)
+    chunked = memory.estimate(shape, recipe, 4).peak("streamed")
+    # all 32 experts' sums and float32 factors at once (708 MiB with the dense layers')
+    # against the largest pass's (the dense layers and 5 experts: 148 MiB)
+    assert whole - chunked == (708 - 147.75) * 2**20
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_fused_experts_are_read_from_3d_tensors(tmp_path, transposed):
+    """Experts saved fused (`[E, out, in]`, or `[E, in, out]` as GPT-OSS stores them): one
+    matrix per expert and tensor, whose input is the hidden states on the MLP's input side."""
+    from safetensors.torch import save_file
+
+    def fused(out: int, inp: int) -> torch.Tensor:
+        return torch.zeros(4, inp, out) if transposed else torch.zeros(4, out, inp)
+
+    save_file({"model.embed_tokens.weight": torch.zeros(32, 8),
+               "model.layers.0.self_attn.q_proj.weight": torch.zeros(8, 8),
+               "model.layers.0.mlp.router.weight": torch.zeros(4, 8),
+               "model.layers.0.mlp.experts.gate_up_proj": fused(12, 8),
+               "model.layers.0.mlp.experts.down_proj": fused(8, 6),
+               "model.layers.0.conv.weight": torch.zeros(8, 1, 4)},  # no expert: one column
+              str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8, "vocab_size": 32}))
+    shape = memory.read_shape(tmp_path)
+    assert shape.experts == 4
+    assert sorted(zip(shape.expert_inputs, shape.expert_outputs, strict=True)) == [(6, 8), (8, 12)]
+    assert shape.block_inputs == (8, 8) and shape.block_parameters == 64 + 32 + 384 + 192 + 32
+
+
+MOE_CHILD = """
+import json, sys, tempfile
+from pathlib import Path
+from compressors.ops import hessian_passes
+hessian_passes.PASS_BYTES = int(sys.argv[3])
+import compressors
+from compressors.recipe import parse_recipe
+with tempfile.TemporaryDirectory() as tmp:
+    report = compressors.compress(sys.argv[2], parse_recipe(json.loads(sys.argv[1])),
+                                  Path(tmp) / "out", device="cpu")
+print(json.dumps({"estimate": report.memory.estimated_peak_bytes,
+                  "measured": report.memory.measured_peak_bytes,
+                  "placement": report.memory.placement}))
+"""
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "gptq"])
+def test_a_moe_estimate_is_within_a_quarter_of_the_measured_peak(moe_folder, method):
+    """Streamed, with passes of 128 MiB of Hessian sums (5 passes a block): the estimate
+    counts the largest pass (holding all 32 experts' sums would add ~0.5 GB)."""
+    step = {"method": method, **({"sparsity": 0.5} if method == "sparsegpt" else {})}
+    recipe = {"steps": [step], "calibration": SMALL_BUDGETS["calibration"],
+              "evaluation": {"windows": 0}, "placement": "streamed"}
+    done = subprocess.run([sys.executable, "-c", MOE_CHILD, json.dumps(recipe), str(moe_folder),
+                           str(128 * 2**20)], capture_output=True, text=True, timeout=900,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["placement"] == "streamed"
+    ratio = result["estimate"] / result["measured"]
+    assert 0.75 <= ratio <= 1.25, result
+    print(method, result, f"estimate / measured {ratio:.2f}")
+
+
 @pytest.mark.parametrize("content", [b"\xff" * 4096, b"\x05",
                                      b"\x10" + b"\0" * 7 + b"[1,2]" + b" " * 11])
 def test_a_damaged_weight_file_is_named_in_plain_words(tmp_path, content):

@@ -71,6 +71,44 @@ def test_streamed_and_onloaded_equal_in_memory(tiny_folder, recipe, tmp_path):
     assert not list(streamed.glob(".*")), "scratch files were published"
 
 
+@pytest.fixture(scope="module")
+def tiny_moe_folder(tmp_path_factory, smollm2_tokenizer) -> Path:
+    return save_tiny_with_tokenizer("qwen3_moe", tmp_path_factory.mktemp("qwen3-moe"),
+                                    smollm2_tokenizer)
+
+
+@pytest.mark.parametrize("method", ["wanda", "gptq"])
+def test_streamed_moe_publishes_what_in_memory_does(tiny_moe_folder, method, tmp_path):
+    """A Qwen3-MoE checkpoint stores its experts one by one, the model holds them fused: a
+    streamed run converts each block as `from_pretrained` would, and publishes transformers'
+    saved layout again, with the in-memory run's weights (gptq: dense weights holding the
+    quantized values; transformers decompresses the in-memory run's packed experts in
+    float16, so ours are compared rounded to that)."""
+    steps = ([{"method": "wanda", "sparsity": 0.5}] if method == "wanda"
+             else [{"method": "gptq", "group_size": 32}])
+    reports = {mode: _run(tiny_moe_folder, steps, tmp_path / mode, mode)
+               for mode in ("in_memory", "streamed")}
+    assert reports["streamed"].memory.placement == "streamed"
+    assert reports["streamed"].metrics.after.perplexity == pytest.approx(
+        reports["in_memory"].metrics.after.perplexity, rel=1e-5)
+    published = _weights(tmp_path / "streamed")
+    assert published.keys() == _weights(tiny_moe_folder).keys()
+    assert "model.layers.1.mlp.experts.7.down_proj.weight" in published
+    if method == "wanda":
+        reference = _weights(tmp_path / "in_memory")
+        assert all(torch.equal(published[k], reference[k]) for k in reference)
+    theirs = compressors.load(tmp_path / "in_memory").state_dict()
+    ours = compressors.load(tmp_path / "streamed").state_dict()
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name].to(tensor.dtype), tensor), name
+    experts = ours["model.layers.1.mlp.experts.down_proj"]
+    if method == "wanda":
+        assert float((experts == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+    else:  # on the int4 grid: at most 16 values per group of 32 inputs of an expert's row
+        assert all(row[:32].unique().numel() <= 16 for row in experts[0])
+
+
 def test_streaming_refuses_steps_that_need_the_whole_model():
     with pytest.raises(ValueError, match=r"steps.1 \(perp\) needs the whole model"):
         parse_recipe({"steps": [{"method": "wanda", "sparsity": 0.5}, {"method": "perp"}],

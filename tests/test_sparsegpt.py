@@ -225,3 +225,77 @@ def test_layers_sharing_an_input_share_one_hessian():
     mlp = [factors[f"model.layers.0.mlp.{p}_proj"] for p in ("gate", "up", "down")]
     assert attn[0] is attn[1] is attn[2] and attn[3] is not attn[0]
     assert mlp[0] is mlp[1] and mlp[2] is not mlp[0]
+
+
+def _moe_block(model, windows):
+    """Block 0 of a tiny Qwen3-MoE with its default selection (8 experts of three matrices)."""
+    inputs = capture_block_inputs(model, windows, batch_size=2)
+    layers = {n: m for n, m in select_layers(model).items() if n.startswith("model.layers.0.")}
+    return BlockContext(0, "model.layers.0", model.model.layers[0], layers, inputs)
+
+
+def test_a_moe_blocks_hessians_come_in_passes_that_fit(monkeypatch):
+    """The dense layers open the first pass, then whole experts (gate, up and down together)
+    while the pass's float64 sums fit the budget; every layer in exactly one pass."""
+    from compressors.engine.modules import in_features, is_expert
+    from compressors.ops import hessian_passes
+
+    model = tiny_model("qwen3_moe")
+    windows = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(5))
+    block = _moe_block(model, windows)
+    assert block.hessian_passes() == [block]  # 0.9 MB of sums: one pass by default
+    monkeypatch.setattr(hessian_passes, "PASS_BYTES", 256 * 1024)
+    passes = block.hessian_passes()
+    assert len(passes) == 4  # dense (128 KiB) + 1 expert (72 KiB), then 3, 3, 1 experts
+    seen = [name for part in passes for name in part.layers]
+    assert sorted(seen) == sorted(block.layers)
+    dense = {name for name, layer in block.layers.items() if not is_expert(layer)}
+    assert dense and dense <= set(passes[0].layers)
+    assert all(is_expert(layer) for part in passes[1:] for layer in part.layers.values())
+    for part in passes:
+        experts = {layer.expert for layer in part.layers.values() if is_expert(layer)}
+        whole = {n for n, layer in block.layers.items()
+                 if is_expert(layer) and layer.expert in experts}
+        assert whole <= set(part.layers)  # an expert's matrices never span passes
+        sums = sum(8 * in_features(layer) ** 2 for layer in part.layers.values())
+        assert sums <= 256 * 1024
+        assert part.inputs is block.inputs and part.block is block.block
+
+
+def test_hessian_passes_change_nothing_for_dense_blocks_and_independent_experts(monkeypatch):
+    """A dense block is one pass whatever the budget: the same weights bit for bit. Experts
+    read the same inputs whichever pass they are in, so with only experts selected (nothing
+    before them changes between passes) many passes prune exactly as one."""
+    from compressors.ops import hessian_passes
+
+    windows = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(3))
+    for kind, config in (("llama", SparseGPTConfig(sparsity=0.5)),
+                         ("qwen3_moe", SparseGPTConfig(sparsity=0.5, include=["experts"]))):
+        results = []
+        for budget in (hessian_passes.PASS_BYTES, 64 * 1024):
+            monkeypatch.setattr(hessian_passes, "PASS_BYTES", budget)
+            model = tiny_model(kind)
+            run_sparsegpt(model, config, _context(windows))
+            results.append(model.state_dict())
+        assert all(torch.equal(results[0][k], results[1][k]) for k in results[0]), kind
+        changed = results[1]["model.layers.1.mlp.experts.down_proj" if kind == "qwen3_moe"
+                             else "model.layers.1.mlp.down_proj.weight"]
+        assert float((changed == 0).float().mean()) == pytest.approx(0.5, abs=0.01), kind
+
+
+def test_sparsegpt_prunes_every_expert_in_passes(monkeypatch):
+    """The default selection of a MoE model in several passes per block: every layer, each
+    expert's matrices included, ends at the target sparsity and the model still runs."""
+    from compressors.ops import hessian_passes
+
+    monkeypatch.setattr(hessian_passes, "PASS_BYTES", 128 * 1024)
+    model = tiny_model("qwen3_moe")
+    windows = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(3))
+    run_sparsegpt(model, SparseGPTConfig(sparsity=0.5), _context(windows))
+    layers = select_layers(model)
+    assert sum(1 for name in layers if ".experts." in name) == 2 * 8 * 3
+    for name, layer in layers.items():
+        weight = weight_matrix(layer)
+        assert int((weight == 0).sum()) == weight.numel() // 2, name
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=windows).logits).all()

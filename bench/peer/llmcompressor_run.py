@@ -127,18 +127,23 @@ def digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
 
 
-def load_windows(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def load_windows(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
+    """Calibration, evaluation and (when the file has it) second-text windows, checked
+    against the digests our side wrote."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         calibration = handle.get_tensor("calibration").to(torch.int64)
         evaluation = handle.get_tensor("evaluation").to(torch.int64)
-    for name, tensor in (("calibration", calibration), ("evaluation", evaluation)):
+        names = list(handle.keys())  # safe_open has no __contains__
+        second = handle.get_tensor("second").to(torch.int64) if "second" in names else None
+    for name, tensor in (("calibration", calibration), ("evaluation", evaluation),
+                         ("second", second)):
         expected = metadata.get(f"{name}_sha256")
-        if expected is not None and digest(tensor) != expected:
+        if tensor is not None and expected is not None and digest(tensor) != expected:
             raise SystemExit(f"{path}: the {name} windows do not match their digest")
-    return calibration, evaluation, metadata
+    return calibration, evaluation, second, metadata
 
 
 @torch.no_grad()
@@ -192,6 +197,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def allow_cpu() -> None:
+    """llm-compressor 0.14's AWQ pins its cached activations (`IntermediatesCache.pin_memory`,
+    for non-blocking copies to a GPU), which raises "Cannot access accelerator device" on a
+    machine without one. Pinning changes where the bytes live, never their values: on a CPU
+    machine it is skipped, so the peer computes what it would compute on a GPU host."""
+    if torch.cuda.is_available():
+        return
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+
+
 def run_one(scheme: str, model_dir: Path, windows_path: Path, out: Path,
             calibrate: str) -> dict:
     torch.set_num_threads(THREADS)
@@ -199,7 +216,7 @@ def run_one(scheme: str, model_dir: Path, windows_path: Path, out: Path,
     from transformers import AutoModelForCausalLM
 
     label, needs_data = SCHEMES[scheme]
-    calibration, evaluation, metadata = load_windows(windows_path)
+    calibration, evaluation, second, metadata = load_windows(windows_path)
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"scheme": scheme, "label": label, "model": str(model_dir),
                     "windows": str(windows_path), "windows_metadata": metadata,
@@ -221,6 +238,7 @@ def run_one(scheme: str, model_dir: Path, windows_path: Path, out: Path,
         from datasets import Dataset
         from llmcompressor import oneshot
 
+        allow_cpu()
         recipe = build_recipe(scheme)
         kwargs: dict = {}
         if use_data:
@@ -240,6 +258,8 @@ def run_one(scheme: str, model_dir: Path, windows_path: Path, out: Path,
     began = time.perf_counter()
     result["perplexity"] = perplexity(model, evaluation)
     result["eval_seconds"] = time.perf_counter() - began
+    if second is not None:
+        result["second_perplexity"] = perplexity(model, second)
     checkpoint = out / "checkpoint"
     if scheme == "dense":
         model.save_pretrained(checkpoint)

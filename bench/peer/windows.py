@@ -33,12 +33,13 @@ def digest(tensor: torch.Tensor) -> str:
 
 
 def write_windows(path: Path | str, model: str | Path = "smollm2-135m", calibration=None,
-                  evaluation=None, tokenizer=None) -> dict[str, str]:
+                  evaluation=None, tokenizer=None, second=None) -> dict[str, str]:
     """Write the protocol's calibration and evaluation windows of `model`'s tokenizer to `path`.
 
     `calibration` / `evaluation`: a `CalibrationConfig` / `EvaluationConfig` (default: the
     protocol, 32 x 512 and 40 x 512). `tokenizer`: one already loaded (a benchmark's), else
-    the model folder's. Returns the metadata written (model folder, settings, digests).
+    the model folder's. `second`: windows of a second text, evaluated by the peer too.
+    Returns the metadata written (model folder, settings, digests).
     """
     from safetensors.torch import save_file
 
@@ -62,6 +63,9 @@ def write_windows(path: Path | str, model: str | Path = "smollm2-135m", calibrat
         "calibration_sha256": digest(tensors["calibration"]),
         "evaluation_sha256": digest(tensors["evaluation"]),
     }
+    if second is not None:
+        tensors["second"] = second.to(torch.int64)
+        metadata["second_sha256"] = digest(tensors["second"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)

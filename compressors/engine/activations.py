@@ -6,8 +6,8 @@ scale from calibration. A perplexity measured with the weights quantized and the
 left in float would flatter these schemes; so a step that quantizes activations attaches
 `quantize_inputs` to its layers, and from then on every forward of the model (the pipeline's
 evaluation, the search's verification, a later step) sees each such input quantized the same
-way (`ops.fake_quant`), until the model is saved, where the checkpoint's
-`input_activations` say the same to vLLM.
+way (the round trips in `ops`: `ops.float_quant`, `ops.int_activations`), until the model is
+saved, where the checkpoint's `input_activations` say the same to vLLM.
 
 How: each transformer block runs under a `TorchFunctionMode` (entered by a forward pre-hook,
 left by an always-called forward hook, so a forward the engine runs block by block is covered
@@ -44,14 +44,24 @@ class InputQuant:
 
     `kind`/`bits`: int8, or float (8: FP8 E4M3; 4: FP4 E2M1); `strategy`: "token" (a scale per
     token, dynamic), "tensor" (one scale, static from calibration unless `dynamic`), "group"
-    (a scale per `group_size` consecutive values of a token, dynamic; NVFP4's A4 form).
+    (a scale per `group_size` consecutive values of a token, dynamic: FP8's block scheme),
+    "tensor_group" (NVFP4's A4 form: a dynamic scale per group, `dynamic="local"`, relative to
+    a static global scale from calibration); `scale_dtype`: what the group scales are rounded
+    to (NVFP4: FP8 E4M3).
     """
 
     kind: InputsKind
     bits: int
-    strategy: Literal["token", "tensor", "group"]
-    dynamic: bool = True
+    strategy: Literal["token", "tensor", "group", "tensor_group"]
+    dynamic: bool | Literal["local"] = True
     group_size: int | None = None
+    scale_dtype: torch.dtype | None = None
+
+    @property
+    def static_name(self) -> str:
+        """The checkpoint's name for the static part of the scheme: `input_scale`, or NVFP4's
+        `input_global_scale`."""
+        return "input_global_scale" if self.strategy == "tensor_group" else "input_scale"
 
     def args(self, scale_dtype: torch.dtype | None = None):
         """compressed-tensors' `QuantizationArgs` of these inputs (the checkpoint's
@@ -60,7 +70,8 @@ class InputQuant:
 
         return QuantizationArgs(num_bits=self.bits, type=self.kind, symmetric=True,
                                 strategy=self.strategy, dynamic=self.dynamic,
-                                group_size=self.group_size, scale_dtype=scale_dtype)
+                                group_size=self.group_size,
+                                scale_dtype=scale_dtype or self.scale_dtype)
 
 
 Quantizer = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (inputs, scale)

@@ -10,7 +10,9 @@ One engine, three ways to hold a model (chosen by the memory estimate, or forced
   block is read from the source safetensors when its turn comes and, after the step changed
   it, written into the output shards and dropped, so RAM holds the outer modules plus one
   block. A recipe of several steps streams once per step, each pass reading the last one's
-  shards.
+  shards. Tensors go through transformers' own load-time conversions both ways
+  (`io.conversion`): a checkpoint that stores a MoE block's experts one by one fills the
+  model's fused expert parameters, and the output shards store them one by one again.
 
 The sequential engine asks `placement_of(model)` for the placement and walks blocks through
 `Placement.block`, so methods written against `run_sequential` / `run_blockwise` run in every
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from compressors.engine.modules import find_blocks
+from compressors.io.conversion import StreamConversion
 from compressors.io.stream import ShardWriter, TensorSource
 from compressors.malloc import release_free_memory
 
@@ -96,13 +99,19 @@ class Streamed(Placement):
         self.dtype = dtype
         self.sink: ShardWriter | None = None
         self.written_outer = False
+        self.conversion: StreamConversion | None = None
+
+    def _conversion(self, model: nn.Module) -> StreamConversion:
+        if self.conversion is None or self.conversion.model is not model:
+            self.conversion = StreamConversion(model, self.source.names())
+        return self.conversion
 
     def load_outer(self, model: nn.Module) -> None:
         """Materialise everything outside the blocks on the execution device."""
         prefix, _ = find_blocks(model)
         names = [n for n in self.source.names() if not n.startswith(prefix + ".")]
         tensors = self.source.load(names, self.device, self.dtype)
-        assign_tensors(model, tensors)
+        assign_tensors(model, self._conversion(model).to_model(tensors))
         model.tie_weights()
         missing = [n for n, p in model.named_parameters()
                    if p.is_meta and not n.startswith(prefix + ".")]
@@ -118,7 +127,13 @@ class Streamed(Placement):
         prefix, blocks = find_blocks(model)
         name = f"{prefix}.{index}."
         block = blocks[index]
-        tensors = self.source.load(self.source.names(name), self.device, self.dtype)
+        conversion = self._conversion(model)
+        tensors = conversion.to_model(
+            self.source.load(self.source.names(name), self.device, self.dtype))
+        outside = [k for k in tensors if not k.startswith(name)]
+        if outside:
+            raise ValueError(f"the tensors stored under {name[:-1]} convert to parameters "
+                             f"outside it: {outside[:3]}")
         assign_tensors(block, {k[len(name):]: v for k, v in tensors.items()})
         still_meta = [n for n, p in block.named_parameters() if p.is_meta]
         if still_meta:
@@ -127,7 +142,8 @@ class Streamed(Placement):
         try:
             yield block
             if self.sink is not None:
-                self.sink.write({name + k: v for k, v in block.state_dict().items()})
+                self.sink.write(conversion.to_saved(
+                    {name + k: v for k, v in block.state_dict().items()}))
         finally:
             drop_parameters(block)
 
@@ -139,7 +155,7 @@ class Streamed(Placement):
         outer = {n: t for n, t in model.state_dict().items() if not n.startswith(prefix + ".")}
         for tied in tied_names(model):
             outer.pop(tied, None)
-        self.sink.write(outer)
+        self.sink.write(self._conversion(model).to_saved(outer))
         self.written_outer = True
 
 

@@ -1,11 +1,13 @@
 """What the `gptq` and `rtn` steps share around the grid math: choosing layers and grids,
-the keep-masks of earlier pruning, installing the result, checking zeros, and the report."""
+the keep-masks of earlier pruning, installing the result, checking zeros, and the report.
+Choosing layers, keep-masks and the zeros check serve every quantizer that writes
+compressed-tensors (`fp8`, `nvfp4`, ... through `engine.schemes`)."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -14,7 +16,7 @@ from compressors.engine.context import StepContext
 from compressors.engine.layers import ExpertLayer
 from compressors.engine.modules import linear_layers, select_layers
 from compressors.engine.sections import QuantizationSection, RelativeError
-from compressors.io.compressed_tensors import FORMAT_NAME, QUANT_FORMAT, install
+from compressors.io.compressed_tensors import FORMAT_NAME, QUANT_FORMAT, install, loads_packed
 from compressors.ops.int_grid import (
     STORAGE_DTYPES,
     Grid,
@@ -30,7 +32,15 @@ from compressors.report.schema import Chart
 Section = TypeVar("Section", bound=QuantizationSection)
 
 
-def target_layers(model: nn.Module, config: WeightGridConfig) -> dict[str, nn.Module]:
+class Selection(Protocol):
+    """What choosing a quantizer's layers reads of its config (any quantizing step's)."""
+
+    method: str
+    include: list[str] | None
+    exclude: list[str] | None
+
+
+def target_layers(model: nn.Module, config: Selection) -> dict[str, nn.Module]:
     """The selected layers; each must be a plain `nn.Linear`, or an expert matrix that
     transformers saves one by one (what the format stores)."""
     targets = select_layers(model, config.include, config.exclude)
@@ -54,16 +64,21 @@ def target_layers(model: nn.Module, config: WeightGridConfig) -> dict[str, nn.Mo
     return targets
 
 
-def grids_for(targets: dict[str, nn.Module], config: WeightGridConfig) -> dict[str, Grid]:
+def grids_for(model: nn.Module, targets: dict[str, nn.Module],
+              config: WeightGridConfig) -> dict[str, Grid]:
     """Each target's grid; an explicit group size that does not divide a width fails here,
     naming the layer, before anything is changed. Every expert matrix of the model gets one
     grid (the group size that divides all their widths): transformers decompresses the
-    experts of a checkpoint with one scheme for all of them."""
+    experts of a checkpoint with one scheme for all of them. So do the dense layers of a
+    model transformers can load only dequantized (`compressed_tensors.loads_packed`: Falcon),
+    whose dequantizing loader knows one scheme for them."""
     experts = {n: layer for n, layer in targets.items() if isinstance(layer, ExpertLayer)}
     common = math.gcd(*(layer.in_features for layer in experts.values())) if experts else 0
+    dense = [layer.in_features for n, layer in targets.items() if n not in experts]
+    one_dense = math.gcd(*dense) if dense and not loads_packed(model, targets.values()) else 0
     grids = {}
     for name, layer in targets.items():
-        width = common if name in experts else layer.in_features
+        width = common if name in experts else one_dense or layer.in_features
         try:
             resolve_group_size(layer.in_features, config.group_size)
             size = resolve_group_size(width, config.group_size)
@@ -84,6 +99,19 @@ def keep_mask(layer: nn.Module, name: str, context: StepContext) -> torch.Tensor
     return None if bool(keep.all()) else keep
 
 
+def check_zeros(method: str, name: str, weight: torch.Tensor, keep: torch.Tensor | None
+                ) -> tuple[int, int]:
+    """(weights that had to stay zero, how many did) of a quantized weight; every one must,
+    else the step fails naming the layer."""
+    if keep is None:
+        return 0, 0
+    kept = weight[~keep.to(weight.device)] == 0
+    if not bool(kept.all()):
+        raise RuntimeError(f"{method}: {name} lost {int((~kept).sum())} pruned zeros while "
+                           "quantizing")
+    return int((~keep).sum()), int(kept.sum())
+
+
 class QuantRecord:
     """Per-layer facts noted while each block is loaded, then the section and chart."""
 
@@ -99,13 +127,9 @@ class QuantRecord:
         """Install `quantized` into `layer`, check the zeros it must keep, note its error."""
         original = layer.weight.data.detach().to(torch.float32).clone()
         weight = install(layer, quantized)
-        if keep is not None:
-            kept = weight[~keep.to(weight.device)] == 0
-            if not bool(kept.all()):
-                raise RuntimeError(f"{self.config.method}: {name} lost {int((~kept).sum())} "
-                                   "pruned zeros while quantizing")
-            self.zeros_before += int((~keep).sum())
-            self.zeros_kept += int(kept.sum())
+        before, kept = check_zeros(self.config.method, name, weight, keep)
+        self.zeros_before += before
+        self.zeros_kept += kept
         self.errors[name] = relative_error(original, weight.to(torch.float32), hessian)
         self.groups[name] = quantized.grid.group_size
         rows, cols = weight.shape

@@ -1,9 +1,10 @@
 """The report pieces that code several methods share fills (torch-free).
 
-A training run's summary (`TrainLog.summary`, in the low-rank and PERP sections) and the
+A training run's summary (`TrainLog.summary`, in the low-rank and PERP sections), the
 weight-grid quantizers' section (`QuantRecord.section`, written by `gptq` and `rtn` under
-`quantization`) are built by the engine, so they are declared beside it rather than in one
-method's folder; a method adds its own keys by subclassing (`gptq`'s section).
+`quantization`) and the serving schemes' one (`SchemeRecord.section`: `fp8`, `nvfp4`) are
+built by the engine, so they are declared beside it rather than in one method's folder; a
+method adds its own keys by subclassing (`gptq`'s section).
 """
 
 from __future__ import annotations
@@ -79,3 +80,54 @@ class QuantizationSection(ReportSection):
     skipped_layers: list[str] = Field(
         description="Linear layers of the model left unquantized (unselected, embeddings, "
         "the LM head)")
+
+
+class InferencePrecision(ReportSection):
+    """Each tensor's precision when the checkpoint runs: what the report's perplexity was
+    measured with (activations simulated on CPU the way the scheme quantizes them), and the
+    GPU generation vLLM's kernels for it need (`io.scheme_notes`)."""
+
+    weights: str = Field(description="the stored weights and their scales")
+    input_activations: str = Field(
+        description="each quantized layer's inputs at inference (16-bit: not quantized)")
+    kv_cache: str = Field(description="the attention cache")
+    gpu: str = Field(description="the GPU generation vLLM's kernels for this scheme need")
+
+
+class SchemeSection(ReportSection):
+    """The `quantization` section of a quantizer that writes a serving scheme of
+    compressed-tensors (`fp8`, `nvfp4`); each adds its own keys by subclassing."""
+
+    scheme: str = Field(description="the step's short label, e.g. `fp8 channel dynamic`")
+    method: str = Field(description="the step that quantized")
+    format: str = Field(description="the checkpoint format and its scheme, e.g. "
+                        "`compressed-tensors float-quantized (FP8 W8A8)`")
+    precision: InferencePrecision
+    quantized_layers: int = Field(description="layers quantized")
+    quantized_weights: int = Field(description="weights in the quantized layers")
+    bits_per_weight: float = Field(
+        description="stored bits per quantized weight, scales included, averaged over the "
+        "quantized weights")
+    relative_error: RelativeError
+    zeros_before: int = Field(description="weights an earlier pruning step left at zero")
+    zeros_kept: int = Field(description="of those, still exactly zero (all of them, checked)")
+    quantize_seconds: float = Field(description="wall time of the quantization")
+    note: str | None = Field(
+        None, description="what a user should know about serving this checkpoint; absent "
+        "when nothing")
+    skipped_layers: list[str] = Field(
+        description="Linear layers of the model left unquantized (unselected, embeddings, "
+        "the LM head)")
+
+
+class ScaledFold(ReportSection):
+    """One vector of per-input-channel scales folded into the op before the layers that read
+    its output (`engine.folding`: SmoothQuant's and AWQ's), so the model's function is
+    unchanged before quantizing."""
+
+    predecessor: str = Field(description="the op whose output channels were divided by the "
+                             "scales (a norm, or a Linear's rows)")
+    consumers: list[str] = Field(description="the layers whose weight columns were "
+                                 "multiplied by them (they share one scale vector)")
+    scale_min: float = Field(description="the smallest scale")
+    scale_max: float = Field(description="the largest scale")

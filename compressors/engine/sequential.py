@@ -29,6 +29,7 @@ from torch import nn
 from compressors.engine.experts import ExpertInputs, eager_experts
 from compressors.engine.modules import find_blocks, in_features, is_expert, layers_in_block
 from compressors.engine.placement import Placement, placement_of
+from compressors.ops.hessian_passes import hessian_passes
 
 Observer = Callable[[str, nn.Module, torch.Tensor], None]
 ProgressFn = Callable[[float, str], None]
@@ -161,6 +162,28 @@ class BlockContext:
         if watch is not None:
             tokens.update(watch.tokens)
         return tokens
+
+    def hessian_passes(self) -> list[BlockContext]:
+        """The block's layers in passes whose Hessian sums fit (`ops.hessian_passes`: the
+        dense layers first, then whole experts), each a context over the same block and
+        inputs. A method collects and compresses one pass before the next, whose `collect`
+        runs the block again with the earlier passes' layers already changed, as every block
+        sees the blocks before it changed (the experts see the compressed attention's
+        outputs). When everything fits, every dense block among them, the one pass is this
+        context itself."""
+        dense = {n: in_features(layer) for n, layer in self.layers.items()
+                 if not is_expert(layer)}
+        experts: dict[tuple[int, int], dict[str, int]] = {}
+        for name, layer in self.layers.items():
+            if is_expert(layer):
+                key = (id(layer.owner), layer.expert)
+                experts.setdefault(key, {})[name] = in_features(layer)
+        passes = hessian_passes(dense, list(experts.values()))
+        if len(passes) <= 1:
+            return [self]
+        return [BlockContext(self.index, self.name, self.block,
+                             {name: self.layers[name] for name in names}, self.inputs,
+                             self.device) for names in passes]
 
     @torch.no_grad()
     def outputs(self) -> list[torch.Tensor]:

@@ -16,8 +16,11 @@ methods write (`gptq`, `rtn`): each declares it in its `METHOD.formats`.
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +33,9 @@ from compressors.engine.experts import expert_layers, router_names
 from compressors.engine.layers import ExpertLayer
 from compressors.io.formats import MAX_SHARD, CheckpointFormat
 from compressors.io.loading import load_pretrained
-from compressors.io.model_files import CONFIG_FILE, model_json, optional_file
+from compressors.io.model_files import CONFIG_FILE, model_file, model_json, optional_file
+from compressors.io.nvfp4_experts import experts_note, redo_nvfp4_experts
+from compressors.io.scheme_notes import serving_notes
 from compressors.ops.int_grid import Grid, QuantizedWeight, codes_of
 from compressors.report.schema import CheckpointInfo
 
@@ -39,7 +44,11 @@ FORMAT_NAME = "compressed-tensors"
 QUANT_FORMAT = "pack-quantized"
 HOW_TO_LOAD = (
     "Loads with `AutoModelForCausalLM.from_pretrained(path)` (needs the `compressed-tensors` "
-    "package; the int weights are decompressed on load, also on CPU) or `compressors.load(path)`.")
+    "package; the quantized weights are decompressed on load, also on CPU) or "
+    "`compressors.load(path)`.")
+DEQUANTIZED_NOTE = (
+    " This architecture's own weight initialisation cannot take packed layers, so the "
+    "checkpoint asks transformers to decompress it while loading (`dequantize: true`).")
 HOW_TO_SERVE = (
     "vLLM serves it with its compressed-tensors kernels ({labels}, {formats}): "
     "`vllm serve {{path}}` (or `from vllm import LLM; LLM(model=path)`).")
@@ -184,6 +193,40 @@ def _fused_parameters(model: nn.Module, layers: dict[str, nn.Module]) -> list[st
     return done
 
 
+def loads_packed(model: nn.Module, layers: Iterable[nn.Module]) -> bool:
+    """Whether stock transformers can load these quantized layers packed (`packed_blocker`)."""
+    return packed_blocker(model, layers) is None
+
+
+def packed_blocker(model: nn.Module, layers: Iterable[nn.Module]) -> str | None:
+    """The layer class stock transformers cannot load packed, or None. Its loader swaps
+    each targeted layer's `weight` for `weight_packed` / `weight_scale` before reading the
+    file, then runs the model's own weight initialisation on every module; some
+    architectures' initialisation reads `.weight` of their own `nn.Linear` subclass
+    unconditionally (Falcon: `'FalconLinear' object has no attribute 'weight'`), so such a
+    checkpoint would load nowhere. Asked of the model itself, generically: its
+    `_init_weights` runs on a weightless stand-in of each layer class, on the meta device
+    (nothing of the real layer is touched)."""
+    initialise = getattr(model, "_init_weights", None)
+    if initialise is None:
+        return None
+    classes = {type(layer): layer for layer in layers if not isinstance(layer, ExpertLayer)}
+    for layer in classes.values():
+        probe = copy.copy(layer)  # given dicts of its own below: the layer's stay untouched
+        probe._parameters = {name: None if value is None else nn.Parameter(
+            torch.empty_like(value, device="meta"), requires_grad=False)
+            for name, value in layer._parameters.items() if name != "weight"}
+        probe._buffers = {name: None if value is None else torch.empty_like(value, device="meta")
+                          for name, value in layer._buffers.items()}
+        probe._modules = {}
+        try:
+            with torch.no_grad():
+                initialise(probe)
+        except AttributeError:
+            return type(layer).__name__
+    return None
+
+
 EXPERTS_TARGET = r"re:.*\.experts\.\d+\..*"  # per-expert saved names; never a runtime module
 
 
@@ -255,17 +298,70 @@ def save(model: nn.Module, folder: Path) -> CheckpointInfo | None:
         state.update({f"{name}.{k}": v for k, v in record.serialize(layer.weight.data).items()})
         inputs = input_quant(model, name)
         if inputs is not None and inputs[1] is not None:  # a static activation scale
-            state[f"{name}.input_scale"] = inputs[1].detach().float().reshape(1).cpu()
+            state[f"{name}.{inputs[0].static_name}"] = inputs[1].detach().float().reshape(
+                1).cpu()
     model.save_pretrained(folder, state_dict=state, safe_serialization=True,
                           max_shard_size=MAX_SHARD)
     config = quantization_config(model, layers)
     ModelCompressor(quantization_config=config).update_config(str(folder))
+    blocker = packed_blocker(model, layers.values())
+    if blocker is not None:
+        _load_dequantized(folder, config, f"{type(model).__name__}, {blocker}")
     records = [getattr(m, QUANT_ATTR) for m in layers.values()]
     labels = "/".join(sorted({r.bits_label() for r in records}))
     formats = "/".join(sorted({r.format for r in records}))
     return CheckpointInfo(format=f"{FORMAT_NAME} ({formats})", needs_compressors_load=False,
-                          how_to_load=HOW_TO_LOAD,
-                          how_to_serve=HOW_TO_SERVE.format(labels=labels, formats=formats))
+                          how_to_load=HOW_TO_LOAD + ("" if blocker is None else DEQUANTIZED_NOTE)
+                          + _dtype_note(model, records) + experts_note(layers, QUANT_ATTR),
+                          how_to_serve=HOW_TO_SERVE.format(labels=labels, formats=formats)
+                          + " " + serving_notes((group.weights, group.input_activations)
+                                                for group in config.config_groups.values()))
+
+
+# compressed-tensors 0.20 decompresses these formats to one dtype whatever the model's
+DECOMPRESSED_DTYPES = {"nvfp4-pack-quantized": torch.bfloat16}
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    return model.get_input_embeddings().weight.dtype
+
+
+def _dtype_note(model: nn.Module, records: list[CheckpointQuant]) -> str:
+    """What a loader must know when the library decompresses the checkpoint's weights to
+    another dtype than the model's: stock transformers then fails at the first forward (a
+    bfloat16 weight under float32 inputs) unless the model is loaded in that dtype;
+    `compressors.load` casts them back (the values are exact in either)."""
+    dtype = _model_dtype(model)
+    fixed = {DECOMPRESSED_DTYPES[r.format]: r.format for r in records
+             if DECOMPRESSED_DTYPES.get(r.format, dtype) != dtype}
+    if not fixed:
+        return ""
+    target, fmt = next(iter(fixed.items()))
+    name = str(target).removeprefix("torch.")
+    return (f" compressed-tensors decompresses {fmt} weights to {name} whatever the model's "
+            f"dtype ({str(dtype).removeprefix('torch.')}): with transformers load it with "
+            f"`dtype=torch.{name}`; `compressors.load` gives the weights back in the model's "
+            "dtype.")
+
+
+def _load_dequantized(folder: Path, config: Any, why: str) -> None:
+    """Mark the checkpoint for transformers to decompress while loading (`dequantize: true`,
+    read by its `CompressedTensorsConfig`; compressed-tensors and vLLM ignore the key): the
+    one way it loads a model whose layers cannot be held packed (`loads_packed`). That path
+    decompresses every dense layer with one scheme, weights only, so the step gave them one
+    grid (`engine.quantization.grids_for`) and activation schemes are refused."""
+    dense = [group for group in config.config_groups.values()
+             if EXPERTS_TARGET not in group.targets]
+    if len(dense) > 1 or any(group.input_activations is not None for group in dense):
+        raise ValueError(f"compressed-tensors: transformers loads this model ({why}) only "
+                         "dequantized: its weight initialisation cannot take packed layers, "
+                         "and its dequantizing loader takes one weight-only scheme for all "
+                         "dense layers, not activation quantization or several schemes; use "
+                         "a weight-only method (gptq, rtn, awq)")
+    path = model_file(folder, CONFIG_FILE)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["quantization_config"]["dequantize"] = True
+    path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def is_compressed_tensors(folder: Path) -> bool:
@@ -288,14 +384,18 @@ def load(folder: Path, dtype: torch.dtype | None) -> nn.Module | None:
     from compressed_tensors.quantization.utils import is_module_quantized
 
     model = load_pretrained(Path(folder), dtype)
+    target = _model_dtype(model)
     for module in model.modules():
         if is_module_quantized(module):
             decompress_module(module)
             _plain(module)
+            if module.weight.dtype != target:  # DECOMPRESSED_DTYPES: exact in the model's
+                module.weight.data = module.weight.data.to(target)
     hook = getattr(model, "ct_decompress_hook", None)
     if hook is not None:
         hook.remove()
         del model.ct_decompress_hook
+    redo_nvfp4_experts(model, Path(folder))  # transformers#48371: see io.nvfp4_experts
     return model
 
 

@@ -17,22 +17,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from compressors.methods.awq.config import METHOD as AWQ
+from compressors.methods.fp8.config import METHOD as FP8
 from compressors.methods.gptq.config import METHOD as GPTQ
 from compressors.methods.lowrank.config import METHOD as LOWRANK
 from compressors.methods.magnitude.config import METHOD as MAGNITUDE
 from compressors.methods.method import STAGES, Method, SearchSpace, import_object
+from compressors.methods.nvfp4.config import METHOD as NVFP4
 from compressors.methods.perp.config import METHOD as PERP
 from compressors.methods.perp.config import PerpConfig
 from compressors.methods.quantize.config import METHOD as QUANTIZE
 from compressors.methods.rtn.config import METHOD as RTN
 from compressors.methods.sparsegpt.config import METHOD as SPARSEGPT
+from compressors.methods.w8a8.config import METHOD as W8A8
 from compressors.methods.wanda.config import METHOD as WANDA
 
 __all__ = ["METHODS", "STAGES", "Method", "PerpConfig", "SearchSpace", "get_method",
            "import_object", "method_schemas", "search_spaces"]
 
 METHODS: dict[str, Method] = {method.name: method for method in (
-    MAGNITUDE, WANDA, SPARSEGPT, PERP, QUANTIZE, GPTQ, RTN, LOWRANK)}
+    MAGNITUDE, WANDA, SPARSEGPT, PERP, QUANTIZE, GPTQ, RTN, LOWRANK, W8A8, AWQ, FP8, NVFP4)}
 
 
 def get_method(name: str) -> Method:

@@ -248,8 +248,9 @@ class WeightGridConfig(StepConfig, LayerSelection):
         "below 128 that does (SmolLM2's 576 -> 64), per channel if that is under 32")
     symmetric: bool = Field(
         True, description="symmetric grid (zero point 0, what vLLM's W4A16/W8A16 kernels "
-        "take); false (a zero point per group) is refused for now: compressed-tensors 0.20 "
-        "reloads packed zero points with the wrong shape, so such a checkpoint would not load")
+        "take); false (a zero point per group) is refused for now: compressed-tensors 0.20.1 "
+        "still reloads packed zero points with the wrong shape, so such a checkpoint would not "
+        "load (tests/test_awq.py checks it)")
     clip_search: bool = Field(
         True, description="choose each group's scale by searching shrink factors of its range "
         "for the least error (GPTQ: weighted by the Hessian diagonal); false: plain min-max")
@@ -261,7 +262,7 @@ class WeightGridConfig(StepConfig, LayerSelection):
     @classmethod
     def _loadable(cls, value: bool) -> bool:
         if not value:
-            raise ValueError("false is not offered: compressed-tensors 0.20 reloads packed "
+            raise ValueError("false is not offered: compressed-tensors 0.20.1 reloads packed "
                              "asymmetric zero points with the wrong shape (the checkpoint "
                              "would not load); use symmetric: true")
         return value

@@ -27,9 +27,11 @@ class MemoryNeeds:
     """What a step holds besides the model and the calibration activations.
 
     `hessians`: one `in × in` float64 Gram matrix per layer of the current block (SparseGPT,
-    GPTQ, whitened SVD). `output_grams`: one `out × out` float32 Gram matrix of the loss
-    gradients per targeted layer of every block at once, from a backward pass through the
-    whole model (low-rank `weighting: fisher`). `teacher`: a second full copy of the model
+    GPTQ, whitened SVD), a pass of experts at a time in a mixture-of-experts block;
+    `kept_hessians`: a float32 copy of each of them is kept beside its factor (GPTQ).
+    `output_grams`: one `out × out` float32 Gram matrix of the loss gradients per targeted
+    layer of every block at once, from a backward pass through the whole model (low-rank
+    `weighting: fisher`). `teacher`: a second full copy of the model
     (distillation targets).
     `training`: gradients and AdamW state of the trained parameters, plus the activations a
     backward pass keeps; `trained_share`: those parameters as a share of the blocks' weights
@@ -41,6 +43,7 @@ class MemoryNeeds:
     """
 
     hessians: bool = False
+    kept_hessians: bool = False
     output_grams: bool = False
     teacher: bool = False
     training: bool = False

@@ -41,7 +41,7 @@ METHOD = Method(
     stage="quantizing", needs_calibration=True, section="quantization",
     charts=("quantization-error",), uses_masks=True, blockwise=True,
     leaves_hint="quantized weights are final: put gptq last",
-    memory=MemoryNeeds(hessians=True),
+    memory=MemoryNeeds(hessians=True, kept_hessians=True),
     formats=("compressors.io.compressed_tensors:FORMAT",),
     search=SearchSpace(
         ("int8", "int4"), mixed_levels=False,

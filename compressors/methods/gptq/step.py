@@ -7,7 +7,11 @@ shared factor of its (act-ordered) dampened inverse Hessian is formed once per d
 rows stacked into one matrix: the sweep is row-independent, so this is exact and runs the
 per-column loop once instead of three times. Each result is installed through the
 compressed-tensors dequantizer (`checkpoint.install`) and its pruned zeros are checked; the
-engine then runs the quantized block to produce the next block's inputs.
+engine then runs the quantized block to produce the next block's inputs. A mixture-of-experts
+block whose Hessians would not fit at once is done in several such passes
+(`BlockContext.hessian_passes`: the dense layers, then the experts a chunk at a time). Each
+layer's Hessian is kept in float32 beside its factor (the act-order importances and the
+report's error metric read it in float32 anyway): half the memory of a float64 copy.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def quantize_group(
 
 def run(model: nn.Module, config: GPTQConfig, context: StepContext) -> StepResult:
     targets = target_layers(model, config)
-    grids = grids_for(targets, config)
+    grids = grids_for(model, targets, config)
     record = QuantRecord(config, metric="hessian")
     fallbacks: dict[str, float] = {}
     dead: dict[str, int] = {}
@@ -83,6 +87,10 @@ def run(model: nn.Module, config: GPTQConfig, context: StepContext) -> StepResul
 
     @torch.no_grad()
     def quantize_block(block: BlockContext) -> None:
+        for part in block.hessian_passes():
+            quantize_pass(part)
+
+    def quantize_pass(block: BlockContext) -> None:
         hessians = HessianAccumulator()
         tokens = block.collect(hessians, all_experts=context.calibration.all_experts(True))
         thin = starved(block.layers, tokens)
@@ -94,7 +102,7 @@ def run(model: nn.Module, config: GPTQConfig, context: StepContext) -> StepResul
             record.add(name, layer, rtn_quantize(layer.weight.data, grids[name], keep,
                                                  search=config.clip_search), keep)
         layers = {n: layer for n, layer in block.layers.items() if n not in thin}
-        exact = {name: hessians.hessian(name) for name in layers}
+        exact = {name: hessians.hessian(name).to(torch.float32) for name in layers}
         factors = hessians.factors(config.dampening, act_order=config.act_order)
         shared: dict[tuple[int, Grid], dict[str, nn.Module]] = defaultdict(dict)
         for name, layer in layers.items():

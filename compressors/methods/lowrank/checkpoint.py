@@ -4,9 +4,11 @@
 factorized layer's weight, so the file is genuinely smaller; `lowrank.json` says which layers
 are factorized, at what rank, and whether each came from a Linear or a GPT-2 Conv1D.
 `config.json` is the base architecture's, so `compressors.load(out)` builds that architecture,
-swaps in `LowRankLinear` layers where `lowrank.json` says, and loads the tensors strictly
-(only tied weights may be absent from the file). Plain `from_pretrained` cannot read these
-factors; a recipe that needs a standard checkpoint sets `export_dense: true`.
+swaps in `LowRankLinear` layers where `lowrank.json` says, maps the saved names back to the
+model's with transformers' own load-time conversions (`save_pretrained` writes legacy names
+such as GPT-NeoX's `embed_out` and a mixture-of-experts model's experts one by one) and loads
+the tensors strictly (only tied weights may be absent from the file). Plain `from_pretrained`
+cannot read these factors; a recipe that needs a standard checkpoint sets `export_dense: true`.
 Declared in the registry as this method's format.
 """
 
@@ -21,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from compressors.engine.modules import is_causal_lm
+from compressors.io.conversion import StreamConversion
 from compressors.io.formats import MAX_SHARD, OUR_LOADER, CheckpointFormat
 from compressors.io.loading import auto_class
 from compressors.io.model_files import model_file, model_json, optional_file
@@ -75,6 +78,9 @@ def load(folder: Path, dtype: torch.dtype | None) -> nn.Module | None:
     state = _state_dict(folder)
     model.to(next(iter(state.values())).dtype)
     install_empty(model, spec["layers"])
+    # `save_pretrained` wrote the names transformers' checkpoints use (legacy names, experts
+    # one by one); the same conversions `from_pretrained` applies map them back
+    state = StreamConversion(model, list(state)).to_model(state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"{folder}: tensors the model does not have: {unexpected[:5]}")

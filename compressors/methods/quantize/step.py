@@ -8,6 +8,7 @@ with stock transformers. Pruned zeros survive: every code book here maps 0 to ex
 
 from __future__ import annotations
 
+import copy
 import re
 import tempfile
 import time
@@ -72,6 +73,42 @@ def _check_shapes(targets: dict[str, nn.Module], config: QuantizeConfig,
         error = config.layer_error(name, out_features, in_features, device.type)
         if error:
             raise ValueError(error)
+
+
+def _check_swappable(targets: dict[str, nn.Module], quantization_config: Any) -> None:
+    """transformers' bitsandbytes loader replaces only the layers its own rule takes (plain
+    `nn.Linear` and GPT-2 Conv1D, not a subclass such as Falcon's `FalconLinear`); it would
+    leave any other selected layer in full precision, and a checkpoint holding one quantized
+    would not load back with transformers. Asked of transformers' own swap, on a meta-device
+    stand-in of each layer class, and refused before anything changes."""
+    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+    from transformers.utils import logging as hf_logging
+
+    samples = {type(layer): name for name, layer in targets.items()}
+    holder = nn.Module()
+    for index, name in enumerate(samples.values()):
+        stand_in = copy.copy(targets[name])  # given dicts of its own: the layer's stay as is
+        stand_in._parameters = {key: None if value is None else nn.Parameter(
+            torch.empty_like(value, device="meta"), requires_grad=False)
+            for key, value in stand_in._parameters.items()}
+        stand_in._modules = {}
+        holder.add_module(str(index), stand_in)
+    quiet = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its "no linear modules were found" is this answer
+    try:
+        replace_with_bnb_linear(holder, quantization_config=quantization_config)
+    finally:
+        hf_logging.set_verbosity(quiet)
+    kept = [(cls, name) for index, (cls, name) in enumerate(samples.items())
+            if not is_bnb_layer(holder.get_submodule(str(index)))]
+    if kept:
+        cls, name = kept[0]
+        count = sum(type(layer) is cls for layer in targets.values())
+        raise ValueError(
+            f"quantize: {count} selected layers are {cls.__name__} (e.g. {name}), which "
+            "transformers' bitsandbytes integration does not replace (only plain nn.Linear "
+            "and Conv1D): a checkpoint holding them quantized would not load back; exclude "
+            "them, or use gptq or rtn for this model")
 
 
 def _dense_dtype(model: nn.Module) -> torch.dtype:
@@ -206,7 +243,9 @@ def run(model: nn.Module, config: QuantizeConfig, context: StepContext) -> StepR
     originals = {name: weight_matrix(layer) for name, layer in targets.items()}
     context.progress(0.05, f"quantizing {len(targets)} layers to {config.label}")
     began = time.perf_counter()
-    quantized = reload_quantized(model, bnb_config(config, skipped), context.device)
+    quantization_config = bnb_config(config, skipped)
+    _check_swappable(targets, quantization_config)
+    quantized = reload_quantized(model, quantization_config, context.device)
     if config.bits == 4 and config.blocksize != DEFAULT_4BIT_BLOCKSIZE:
         requantize_blocksize(quantized, originals, config.blocksize)
     remember_canonical(quantized)

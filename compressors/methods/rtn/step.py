@@ -29,7 +29,7 @@ from compressors.ops.int_grid import rtn_quantize
 
 def run(model: nn.Module, config: RTNConfig, context: StepContext) -> StepResult:
     targets = target_layers(model, config)
-    grids = grids_for(targets, config)
+    grids = grids_for(model, targets, config)
     record = QuantRecord(config, metric="frobenius")
     began = time.perf_counter()
 

@@ -5,7 +5,9 @@ blocks 0..k-1. One pass over the dense block accumulates each layer's `XᵀX`
 (`ops.hessian`); then every layer of the block is pruned and reconstructed by
 `obs.sparsegpt_prune` and written back through
 `weight_matrix` (so GPT-2's transposed Conv1D works too); the engine then runs the pruned
-block to produce the next block's inputs.
+block to produce the next block's inputs. A mixture-of-experts block whose Hessians would not
+fit at once is done in several such passes (`BlockContext.hessian_passes`: the dense layers,
+then the experts a chunk at a time).
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def run(model: nn.Module, config: SparseGPTConfig, context: StepContext) -> Step
     record = PruningRecord(context, config)
 
     def prune_block(block: BlockContext) -> None:
+        for part in block.hessian_passes():
+            prune_pass(part)
+        record.add(block.layers)
+
+    def prune_pass(block: BlockContext) -> None:
         hessians = HessianAccumulator()
         tokens = block.collect(hessians, all_experts=context.calibration.all_experts(True))
         thin = starved(block.layers, tokens)
@@ -62,7 +69,6 @@ def run(model: nn.Module, config: SparseGPTConfig, context: StepContext) -> Step
                                               config.nm, per_row=True))
                 continue
             stats[name] = prune_layer(layer, factors[name], config, config.sparsity_for(name))
-        record.add(block.layers)
 
     run_sequential(model, context.calibration_tokens(), layers, prune_block, context.progress)
     details = {**record.details(), **_sparsegpt_details(stats, config)}

@@ -1,0 +1,165 @@
+"""AWQ's scale search on one block (Lin et al. 2024), run by the sequential engine.
+
+For every fold of the block (`engine.folding`: an op and the layers reading its output, e.g.
+`input_layernorm` -> q/k/v), one pass over the calibration batches gathers the mean magnitude
+of each input channel and what the objective needs. Then, fold by fold, each point `(r, duo)`
+of the grid gives scales `s` (`ops.smoothing.awq_scales`), the layers' weights become
+`Q(W·s)/s` (rounded to nearest on the step's grid, min-max scales), and the point with the
+least error wins; its scales are folded. Two objectives:
+
+- `module` (AWQ's and llm-compressor's): the mean squared error of the fold's *parent* output
+  (the smallest module holding its layers: the attention module for q/k/v, the MLP for
+  gate/up, `down_proj` itself) against its float output, the parent run again on the calls
+  recorded in the gathering pass. It sees the nonlinearity after the layers (softmax, the
+  gated activation), at one parent forward over the calibration tokens per grid point.
+- `layers`: the layers' own output error `Σ ‖(Q(W·s)/s − W) X‖²`, computed exactly from the
+  inputs' Gram matrix `XᵀX` gathered once (`ops.smoothing.output_error`): no forward per grid
+  point, so tens of times cheaper, blind to what follows the layers.
+
+The first point is `s = 1`, so a fold never ends worse than no scaling on its objective
+(`loss_unscaled` vs `loss_best` in the report). The block's function is unchanged by the
+folds; the engine then runs it (unquantized, as llm-compressor does) to give the next block
+its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from compressors.engine.folding import Call, Fold, apply_fold, recording_calls, submodule
+from compressors.engine.sequential import BlockContext, block_output
+from compressors.ops.int_grid import Grid
+from compressors.ops.smoothing import (
+    awq_scales,
+    normalised_column_means,
+    output_error,
+    scaled_round_trip,
+)
+
+Objective = Literal["module", "layers"]
+Measure = Callable[[dict[str, torch.Tensor]], float]  # rounded weights by layer -> error
+
+
+@dataclass
+class FoldResult:
+    """The search's outcome for one fold."""
+
+    fold: Fold
+    scales: torch.Tensor
+    ratio: float
+    duo: bool
+    loss_unscaled: float
+    loss_best: float
+
+
+@torch.no_grad()
+def scale_block(block: BlockContext, folds: list[Fold], grids: dict[str, Grid],
+                points: list[tuple[float, bool]], objective: Objective) -> list[FoldResult]:
+    """Search and fold the scales of every fold of the block, in order."""
+    watched = {next(c for c in f.consumers if c in block.layers): f for f in folds}
+    sums: dict[str, torch.Tensor] = {}
+    grams: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = dict.fromkeys(watched, 0)
+
+    def observe(name: str, _layer: nn.Module, inputs: torch.Tensor) -> None:
+        values = inputs.to(torch.float32)
+        total = values.abs().sum(dim=0)
+        sums[name] = sums[name] + total if name in sums else total
+        counts[name] += inputs.shape[0]
+        if objective == "layers":
+            gram = (values.T @ values).to(torch.float64)
+            grams[name] = grams[name] + gram if name in grams else gram
+
+    parents = list(dict.fromkeys(f.parent for f in folds)) if objective == "module" else []
+    with recording_calls(block, parents) as calls:
+        BlockContext(block.index, block.name, block.block,
+                     {n: block.layers[n] for n in watched}, block.inputs,
+                     block.device).collect(observe)
+    results = []
+    for name, fold in watched.items():
+        means = sums[name] / max(counts[name], 1)
+        rounded = {c: submodule(block, c) for c in fold.consumers if c in grids}
+        originals = {c: layer.weight.data.clone() for c, layer in rounded.items()}
+        if objective == "module":
+            measure = _module_error(submodule(block, fold.parent), calls[fold.parent], rounded)
+        else:
+            measure = _layers_error(originals, grams.pop(name), counts[name])
+        try:
+            result = _search(fold, originals, means, grids, points, measure)
+        finally:
+            for c, layer in rounded.items():
+                layer.weight.data.copy_(originals[c])
+        apply_fold(block, fold, result.scales)
+        results.append(result)
+    return results
+
+
+def _module_error(parent: nn.Module, calls: list[Call], rounded: dict[str, nn.Module]
+                  ) -> Measure:
+    """The parent's output error, with the rounded weights installed in its layers."""
+    reference = [_output(parent, call) for call in calls]
+
+    def measure(weights: dict[str, torch.Tensor]) -> float:
+        for c, layer in rounded.items():
+            layer.weight.data.copy_(weights[c].to(layer.weight.dtype))
+        return _loss(parent, calls, reference)
+
+    return measure
+
+
+def _layers_error(originals: dict[str, torch.Tensor], gram: torch.Tensor, tokens: int
+                  ) -> Measure:
+    """The layers' own mean squared output error, from the inputs' Gram matrix."""
+    gram32 = gram.to(torch.float32)
+    rows = sum(w.shape[0] for w in originals.values())
+
+    def measure(weights: dict[str, torch.Tensor]) -> float:
+        total = sum(output_error(originals[c], weights[c], gram32) for c in originals)
+        return total / max(tokens * rows, 1)
+
+    return measure
+
+
+def _search(fold: Fold, originals: dict[str, torch.Tensor], means: torch.Tensor,
+            grids: dict[str, Grid], points: list[tuple[float, bool]], measure: Measure
+            ) -> FoldResult:
+    first = next(iter(originals))
+    width = grids[first].width(originals[first].shape[1])
+    weight_means = (normalised_column_means(list(originals.values()), width)
+                    if any(duo for _, duo in points) else None)
+    best: tuple[float, float, bool, torch.Tensor] | None = None
+    unscaled = float("nan")
+    for ratio, duo in points:
+        scales = awq_scales(means, weight_means if duo else None, ratio)
+        loss = measure({c: scaled_round_trip(w, scales.to(w.device), grids[c])
+                        for c, w in originals.items()})
+        if ratio == 0.0 and not duo:
+            unscaled = loss
+        if best is None or loss < best[0]:
+            best = (loss, ratio, duo, scales)
+    assert best is not None
+    loss, ratio, duo, scales = best
+    if not torch.isfinite(torch.tensor(loss)):
+        raise RuntimeError(f"awq: no finite output error for {fold.predecessor}'s layers "
+                           "(the block's outputs hold NaN or inf)")
+    return FoldResult(fold, scales, ratio, duo, unscaled, loss)
+
+
+def _output(module: nn.Module, call: Call) -> torch.Tensor:
+    args, kwargs = call
+    return block_output(module(*args, **kwargs))
+
+
+def _loss(parent: nn.Module, calls: list[Call], reference: list[torch.Tensor]) -> float:
+    """Mean squared error of the parent's outputs against `reference`, over every call."""
+    total, count = 0.0, 0
+    for call, expected in zip(calls, reference, strict=True):
+        diff = _output(parent, call).to(torch.float32) - expected.to(torch.float32)
+        total += float(diff.pow(2).sum())
+        count += diff.numel()
+    return total / max(count, 1)

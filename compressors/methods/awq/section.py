@@ -1,0 +1,39 @@
+"""The `quantization` section an `awq` step writes: the weight-grid quantizers' keys (from the
+RTN or GPTQ pass that rounded the scaled weights), each tensor's precision at inference, and
+what AWQ's search chose where."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from compressors.engine.sections import InferencePrecision, QuantizationSection, ScaledFold
+
+
+class SearchedFold(ScaledFold):
+    ratio: float = Field(description="the exponent r of the scales chosen")
+    duo_scaling: bool = Field(description="the scales divide by the weights' normalised "
+                              "column means too")
+    loss_unscaled: float = Field(
+        description="the objective's mean squared output error with the layers rounded "
+        "unscaled (s = 1), on the calibration tokens")
+    loss_best: float = Field(description="the same with the chosen scales (never larger)")
+
+
+class AWQSection(QuantizationSection):
+    quantizer: str = Field(description="the step that rounded the scaled weights: rtn or gptq")
+    grid_points: int = Field(description="points of the scale search per group of layers")
+    scales: str = Field(description="the scale family searched: activations, duo or both")
+    objective: str = Field(description="what the search minimised: module (the output of the "
+                           "module holding the layers) or layers (the layers' own outputs)")
+    precision: InferencePrecision
+    folds: list[SearchedFold] = Field(description="every scale vector folded, in order")
+    unscaled_layers: dict[str, str] = Field(
+        description="quantized layers that kept scale 1 (no op before them can take a "
+        "scale), with why")
+    scaling_seconds: float = Field(description="wall time of the scale search "
+                                   "(quantize_seconds: of the whole step)")
+    quantizer_details: dict[str, Any] = Field(
+        description="the keys the quantizer's own section adds (GPTQ: act order, dampening, "
+        "Cholesky fallbacks, ...)")
