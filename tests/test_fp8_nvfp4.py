@@ -302,7 +302,8 @@ print(json.dumps(out))
 def test_smollm2_fp8_and_nvfp4(smollm2_path, tmp_path):
     """SmolLM2 at small budgets (evaluation 4 windows x 128): FP8 dynamic within 5% of fp32
     (measured +3.7% on these short windows; +2.05% on 512-token ones, the protocol's figure is
-    bench/quantize.py --table deploy's) and NVFP4 A16 within 15%; stock transformers in a
+    bench/quantize.py --table deploy's) and NVFP4 A16 within 35% (measured +30% here; on two
+    512-token windows ours +23.3%, llm-compressor's NVFP4A16 +22.2%); stock transformers in a
     fresh process, through compressed-tensors' own forward (activations fake-quantized by the
     library), gives the report's FP8 perplexity, and NVFP4 A16 loaded in bfloat16 is within
     0.5% of it."""
@@ -315,7 +316,7 @@ def test_smollm2_fp8_and_nvfp4(smollm2_path, tmp_path):
     fp8 = results["fp8"].metrics.after.perplexity
     nvfp4 = results["nvfp4"].metrics.after.perplexity
     assert dense < fp8 < dense * 1.05, (dense, fp8)
-    assert dense < nvfp4 < dense * 1.15, (dense, nvfp4)
+    assert dense < nvfp4 < dense * 1.35, (dense, nvfp4)
     assert results["fp8"].section("quantization")["quantized_layers"] == 30 * 7
     context = StepContext(model_source=smollm2_path, tokenizer=None,
                           calibration=SMALL_CALIBRATION, evaluation=SMALL_EVALUATION)

@@ -21,7 +21,7 @@ MINIMAL_STEPS: dict[str, dict[str, Any]] = {
     "magnitude": {"sparsity": 0.5}, "wanda": {"sparsity": 0.5}, "sparsegpt": {"sparsity": 0.5},
     "perp": {"mode": "lora", "train_steps": 1, "lm_head_adapter": True}, "quantize": {},
     "gptq": {}, "rtn": {},
-    "lowrank": {"rank": 4},
+    "lowrank": {"rank": 4}, "w8a8": {}, "awq": {}, "fp8": {}, "nvfp4": {},
 }
 
 
