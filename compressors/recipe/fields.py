@@ -117,7 +117,9 @@ class LayerSelection(BaseModel):
 
     include: LayerPatterns = Field(
         None, description=f"{_RE2}; default: every Linear-like layer inside the transformer "
-        "blocks (never embeddings or the LM head)")
+        "blocks and every expert matrix of a mixture-of-experts block (never embeddings, the "
+        "LM head or a router: gate, router and shared_expert_gate are compressed only when a "
+        "pattern here names them)")
     exclude: LayerPatterns = Field(
         None, description=f"{_RE2}; the layers they match are removed from the selection")
 

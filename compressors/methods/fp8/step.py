@@ -39,7 +39,6 @@ from compressors.ops.float_quant import (
     fp8_per_token_group,
     fp8_scale,
 )
-from compressors.ops.hessian import one_thread
 
 
 def inputs_scheme(config: Fp8Config) -> tuple[InputQuant, Quantizer]:
@@ -83,13 +82,12 @@ def run(model: nn.Module, config: Fp8Config, context: StepContext) -> StepResult
     began = time.perf_counter()
 
     def quantize(layers: dict[str, nn.Module]) -> None:
-        with one_thread():  # small elementwise ops: a second thread costs more than it saves
-            for name, layer in layers.items():
-                keep = keep_mask(layer, name, context)
-                original = layer.weight.data.detach().to(torch.float32).clone()
-                records[name] = install(layer, config.weights, keep)
-                record.add(name, original, layer,
-                           keep, records[name].bits_per_weight(*layer.weight.shape))
+        for name, layer in layers.items():
+            keep = keep_mask(layer, name, context)
+            original = layer.weight.data.detach().to(torch.float32).clone()
+            records[name] = install(layer, config.weights, keep)
+            record.add(name, original, layer,
+                       keep, records[name].bits_per_weight(*layer.weight.shape))
 
     @torch.no_grad()
     def dynamic_block(block: BlockContext) -> None:

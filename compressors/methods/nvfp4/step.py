@@ -40,7 +40,6 @@ from compressors.methods.nvfp4.checkpoint import FORMAT, NVFP4Quant, install
 from compressors.methods.nvfp4.config import GROUP, NVFP4Config
 from compressors.methods.nvfp4.section import NVFP4Section
 from compressors.ops.float_quant import FP8, nvfp4_activations, nvfp4_global_scale
-from compressors.ops.hessian import one_thread
 
 INPUTS = InputQuant("float", 4, "tensor_group", dynamic="local", group_size=GROUP,
                     scale_dtype=FP8)
@@ -73,21 +72,20 @@ def run(model: nn.Module, config: NVFP4Config, context: StepContext) -> StepResu
     began = time.perf_counter()
 
     def quantize(layers: dict[str, nn.Module]) -> None:
-        with one_thread():  # small elementwise ops: a second thread costs more than it saves
-            for group in global_scale_groups(layers):
-                keeps = {name: keep_mask(layers[name], name, context) for name in group}
-                peaks = [(layers[name].weight.data if keeps[name] is None else
-                          layers[name].weight.data * keeps[name].to(layers[name].weight.device)
-                          ).abs().amax() for name in group]
-                global_scale = nvfp4_global_scale(torch.stack(peaks).amax())
-                if len(group) > 1:
-                    shared.append(group)
-                for name in group:
-                    layer = layers[name]
-                    original = layer.weight.data.detach().to(torch.float32).clone()
-                    records[name] = install(layer, global_scale, keeps[name])
-                    record.add(name, original, layer, keeps[name],
-                               records[name].bits_per_weight(*layer.weight.shape))
+        for group in global_scale_groups(layers):
+            keeps = {name: keep_mask(layers[name], name, context) for name in group}
+            peaks = [(layers[name].weight.data if keeps[name] is None else
+                      layers[name].weight.data * keeps[name].to(layers[name].weight.device)
+                      ).abs().amax() for name in group]
+            global_scale = nvfp4_global_scale(torch.stack(peaks).amax())
+            if len(group) > 1:
+                shared.append(group)
+            for name in group:
+                layer = layers[name]
+                original = layer.weight.data.detach().to(torch.float32).clone()
+                records[name] = install(layer, global_scale, keeps[name])
+                record.add(name, original, layer, keeps[name],
+                           records[name].bits_per_weight(*layer.weight.shape))
 
     @torch.no_grad()
     def weights_only(block: BlockContext) -> None:
