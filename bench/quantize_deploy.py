@@ -53,11 +53,15 @@ OURS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "awq": ("awq w4 g64 sym + rtn", [{"method": "awq", "group_size": 64}]),
     "awqgptq": ("awq w4 g64 sym + gptq", [{"method": "awq", "group_size": 64,
                                            "quantizer": "gptq"}]),
+    "awqasym": ("awq w4 g64 asym + rtn", [{"method": "awq", "group_size": 64,
+                                           "symmetric": False}]),
+    "awqasymgptq": ("awq w4 g64 asym + gptq", [{"method": "awq", "group_size": 64,
+                                                "symmetric": False, "quantizer": "gptq"}]),
 }
 # llm-compressor's scheme -> the row of ours it stands beside
 PEER: dict[str, str] = {"dense": "fp32", "gptq_w4a16_g64": "gptq4", "fp8_dynamic": "fp8",
                         "w8a8": "w8a8", "nvfp4a16": "nvfp4", "nvfp4": "nvfp4a4",
-                        "awq_w4a16_asym_g64": "awq"}  # the longest last
+                        "awq_w4a16_asym_g64": "awqasym"}  # the longest last
 ACTIVATION_SCHEMES = {"fp8", "fp8static", "w8a8", "w8a8rtn", "nvfp4a4"}
 # compressed-tensors decompresses NVFP4 to bfloat16: stock transformers loads it in that dtype
 RELOAD_DTYPE = {"nvfp4": "bfloat16", "nvfp4a4": "bfloat16"}
@@ -258,7 +262,7 @@ def bars(ours: list[dict], peers: list[dict]) -> str:
     mine = {r["row"]: r for r in ours if "error" not in r}
     theirs = {PEER[p["scheme"]]: p for p in peers if "error" not in p}
     lines = []
-    for key, slack in (("fp8", 1.002), ("w8a8", 1.0), ("awq", 1.0), ("nvfp4", 1.0),
+    for key, slack in (("fp8", 1.002), ("w8a8", 1.0), ("awqasym", 1.0), ("nvfp4", 1.0),
                        ("nvfp4a4", 1.0)):
         if key in mine and key in theirs:
             a, b = mine[key], theirs[key]
@@ -269,7 +273,8 @@ def bars(ours: list[dict], peers: list[dict]) -> str:
                 f"({'met' if a['size_bytes'] <= b['size_bytes'] else 'NOT met'}); seconds "
                 f"{_cell(a['seconds'], '.1f')} vs {_cell(b['seconds'], '.1f')} "
                 f"({'met' if (a['seconds'] or 0) <= (b['seconds'] or 0) else 'NOT met'})")
-    four = [mine[k]["perplexity"] for k in ("awq", "awqgptq") if k in mine]
+    four = [mine[k]["perplexity"] for k in ("awq", "awqgptq", "awqasym", "awqasymgptq")
+            if k in mine]
     if four and "gptq4" in mine:
         lines.append(f"- best awq 4-bit {min(four):.3f} vs our gptq int4 g64 "
                      f"{mine['gptq4']['perplexity']:.3f} (and 26.90 recorded)")

@@ -324,11 +324,11 @@ def _refuse_unhandled_experts(model: nn.Module, step: StepConfig, method: Method
     """A step whose selection holds expert matrices its method does not compress fails
     before it runs (submission refused it already; this holds for whatever reached the job):
     a selected weight is compressed or refused, never skipped."""
-    if not isinstance(step, LayerSelection) or method.experts == "handled":
+    if not isinstance(step, LayerSelection):
         return
     chosen = select_layers(model, step.include, step.exclude)
     experts = [name for name, layer in chosen.items() if isinstance(layer, ExpertLayer)]
     fused = [name for name in experts if not chosen[name].per_expert_checkpoint]
-    refusal = method.experts_refusal(experts, fused)
+    refusal = method.experts_refusal(experts, fused, step)
     if refusal:
         raise ValueError(refusal)

@@ -149,7 +149,7 @@ def layer_errors(folder: Path, run: PlannedRecipe,
             continue
         experts = [n for n in chosen if n in layers.experts]
         refused = METHODS[step.method].experts_refusal(
-            experts, [n for n in experts if n in layers.fused_experts])
+            experts, [n for n in experts if n in layers.fused_experts], step)
         refused = refused or _shape_error(step, chosen, layers, device_type)
         if refused:
             errors.append(((*at, field), refused))

@@ -243,7 +243,7 @@ CASES: dict[str, list[ContractCase]] = {
     ],
     "rtn": [
         ContractCase("rtn-w8-per-channel", [{"method": "rtn", "bits": 8, "group_size": -1}],
-                     {"method": "rtn", "symmetric": False}, "symmetric", int_weights(8),
+                     {"method": "rtn", "scale_dtype": "float8"}, "scale_dtype", int_weights(8),
                      architectures=("llama",)),
     ],
     "w8a8": [

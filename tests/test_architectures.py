@@ -129,7 +129,7 @@ METHOD_CASES = [
     MethodCase("sparsegpt-50", [{"method": "sparsegpt", "sparsity": 0.5}],
                Pruned(0.5, "matrix")),
     MethodCase("gptq-w4", [{"method": "gptq", "bits": 4}], "packed"),
-    MethodCase("rtn-w8", [{"method": "rtn", "bits": 8}], "packed"),
+    MethodCase("rtn-w8-asym", [{"method": "rtn", "bits": 8, "symmetric": False}], "packed"),
     MethodCase("w8a8", [{"method": "w8a8"}], "packed", refused={"falcon": ACTIVATIONS_FALCON}),
     MethodCase("awq-w4", [{"method": "awq"}], "packed"),
     MethodCase("fp8", [{"method": "fp8"}], "packed", refused={"falcon": ACTIVATIONS_FALCON}),
@@ -153,13 +153,14 @@ METHOD_CASES = [
 def expected_refusal(arch: Architecture, case: MethodCase) -> tuple[tuple[str, ...], bool] | None:
     """(words the refusal holds, whether submission refuses it too) or None: the cell runs.
     Expert refusals come from the registry: a step whose selection keeps the experts and
-    whose method does not compress them (or not the way this checkpoint stores them)."""
+    whose method does not compress them (or not the way this checkpoint stores them, or not
+    with these settings: asymmetric grids)."""
     for step in case.steps:
         method = METHODS[step["method"]]
         if arch.experts is None or "exclude" in step:
             continue
         fused = ["fused"] if arch.experts == "fused" else []
-        if method.experts_refusal(["expert"], fused) is not None:
+        if method.experts_refusal(["expert"], fused, method.config.model_validate(step)):
             return (method.name, "layer kind: experts"), True
     if arch.id in case.refused:
         return case.refused[arch.id], False  # found on the built model: the job refuses it

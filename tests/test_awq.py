@@ -1,12 +1,13 @@
 """AWQ (`awq`): the search keeps the function and never ends worse than no scaling, its cheap
 objective is the exact output error, the checkpoints reload with stock transformers in a fresh
-process to the evaluated logits, asymmetric packed zero points still do not reload (so
-`symmetric: false` stays refused), pruned zeros stay zero, MoE experts are rounded unscaled,
+process to the evaluated logits (asymmetric ones decompressed while loading),
+pruned zeros stay zero, MoE experts are rounded unscaled,
 order rules, and on the real SmolLM2 the scales lower the block error."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+import compressors
 from compressors.engine.context import StepContext
 from compressors.engine.folding import EXPERT_REASON, FoldFinder
 from compressors.engine.modules import select_layers
@@ -22,8 +24,6 @@ from compressors.io.loading import save_checkpoint
 from compressors.methods.awq.config import AWQConfig
 from compressors.methods.awq.scales import scale_block
 from compressors.methods.awq.step import run as run_awq
-from compressors.methods.rtn.config import RTNConfig
-from compressors.methods.rtn.step import run as run_rtn
 from compressors.methods.wanda.config import WandaConfig
 from compressors.methods.wanda.step import run as run_wanda
 from compressors.ops.int_grid import Grid, rtn_quantize
@@ -98,7 +98,7 @@ def test_checkpoints_reload_with_stock_transformers_to_the_evaluated_logits(tmp_
         assert torch.allclose(reloaded[folder], expected[quantizer], atol=1e-5, rtol=0)
 
 
-ASYM_FRESH = """
+STOCK_LOAD = """
 import sys
 from transformers import AutoModelForCausalLM
 try:
@@ -110,23 +110,50 @@ else:
 """
 
 
-def test_asymmetric_packed_zero_points_still_do_not_reload(tmp_path):
-    """compressed-tensors 0.20.1 packs asymmetric zero points `[out/8, groups]` when saving
-    but gives the layer it builds at load an unpacked `[out, groups]` one, so stock
-    transformers refuses the checkpoint (size mismatch). `symmetric: false` stays refused
-    for awq, gptq and rtn while this holds: when this test fails, the loader is fixed; lift
-    the refusal (`recipe.fields.WeightGridConfig`) and test the reload instead."""
+@pytest.mark.parametrize("quantizer", ["rtn", "gptq"])
+def test_asymmetric_checkpoints_reload_decompressed_to_the_evaluated_logits(tmp_path, quantizer):
+    """Asymmetric int4: zero points packed `[out/8, groups]` int32, the layout vLLM and
+    compressed-tensors' own decompression read. transformers 5.25 with compressed-tensors
+    0.20.1 gives a packed layer an unpacked `[out, groups]` zero point, so the checkpoint asks
+    it to decompress while loading (`dequantize: true`): stock transformers and
+    `compressors.load` then give back the evaluated logits in a fresh process. Canary: the
+    same files without the flag are still refused (size mismatch); when that fails, the
+    loader is fixed and the flag can go (`io.compressed_tensors.ZERO_POINT_BLOCKER`)."""
+    from safetensors import safe_open
+
     model = tiny_model("llama")
-    config = RTNConfig.model_construct(**{**RTNConfig().model_dump(), "symmetric": False,
-                                          "group_size": 32})
-    run_rtn(model, config, _context())
+    result = run_awq(model, AWQConfig(group_size=32, symmetric=False, quantizer=quantizer,
+                                      grid=6), _context())
+    grids = result.section.model_dump(mode="json")
+    assert grids["symmetric"] is False
+    ids = _ids()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
     folder = tmp_path / "asym"
-    save_checkpoint(model, None, folder)
-    done = subprocess.run([sys.executable, "-c", ASYM_FRESH, str(folder)], capture_output=True,
+    info = save_checkpoint(model, None, folder)
+    assert "dequantize: true" in info.how_to_load and "asymmetric" in info.how_to_load
+    with safe_open(str(next(folder.glob("*.safetensors"))), "pt") as files:
+        names = list(files.keys())
+        zeros = [k for k in names if k.endswith("weight_zero_point")]
+        assert zeros and all(k.replace("zero_point", "scale") in names for k in zeros)
+        for key in zeros:
+            scale = files.get_slice(key.replace("zero_point", "scale")).get_shape()
+            assert files.get_slice(key).get_shape() == [scale[0] // 8, scale[1]]
+            assert files.get_slice(key).get_dtype() == "I32"
+    reloaded = fresh_logits([str(folder)], ids)[str(folder)]
+    assert torch.allclose(reloaded, expected, atol=1e-5, rtol=0), (reloaded - expected).abs().max()
+    with torch.no_grad():
+        ours = compressors.load(folder)(input_ids=ids).logits
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+
+    canary = tmp_path / "packed"
+    shutil.copytree(folder, canary)
+    config = json.loads((canary / "config.json").read_text())
+    del config["quantization_config"]["dequantize"]
+    (canary / "config.json").write_text(json.dumps(config))
+    done = subprocess.run([sys.executable, "-c", STOCK_LOAD, str(canary)], capture_output=True,
                           text=True, timeout=300, check=False)
     assert done.stdout.strip().splitlines()[-1] == "refused: RuntimeError", done.stderr[-2000:]
-    with pytest.raises(ValidationError, match="symmetric"):
-        parse_recipe({"steps": [{"method": "awq", "symmetric": False}]})
 
 
 def test_pruned_zeros_stay_zero():
@@ -155,7 +182,7 @@ def test_mixture_of_experts_experts_are_rounded_unscaled(tmp_path):
     folder = tmp_path / "moe"
     save_checkpoint(model, None, folder)
     reloaded = fresh_logits([str(folder)], ids)[str(folder)]
-    assert torch.allclose(reloaded, expected, atol=1e-4, rtol=0), (reloaded - expected).abs().max()
+    assert torch.allclose(reloaded, expected, atol=1e-5, rtol=0), (reloaded - expected).abs().max()
 
 
 def test_order_rules_name_both_steps():

@@ -235,7 +235,7 @@ def test_order_rules_and_field_errors():
                        ({"method": "gptq", "bits": 3}, "bits"),
                        ({"method": "rtn", "act_order": True}, "act_order"),
                        ({"method": "gptq", "dampening": -1.0}, "dampening"),
-                       ({"method": "rtn", "symmetric": False}, "symmetric")):
+                       ({"method": "rtn", "scale_dtype": "float8"}, "scale_dtype")):
         with pytest.raises(ValidationError, match=field):
             parse_recipe({"steps": [bad]})
 

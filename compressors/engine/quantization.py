@@ -70,12 +70,13 @@ def grids_for(model: nn.Module, targets: dict[str, nn.Module],
     naming the layer, before anything is changed. Every expert matrix of the model gets one
     grid (the group size that divides all their widths): transformers decompresses the
     experts of a checkpoint with one scheme for all of them. So do the dense layers of a
-    model transformers can load only dequantized (`compressed_tensors.loads_packed`: Falcon),
-    whose dequantizing loader knows one scheme for them."""
+    model transformers can load only dequantized (`compressed_tensors.packed_blocker`:
+    Falcon, or any asymmetric grid), whose dequantizing loader knows one scheme for them."""
     experts = {n: layer for n, layer in targets.items() if isinstance(layer, ExpertLayer)}
     common = math.gcd(*(layer.in_features for layer in experts.values())) if experts else 0
     dense = [layer.in_features for n, layer in targets.items() if n not in experts]
-    one_dense = math.gcd(*dense) if dense and not loads_packed(model, targets.values()) else 0
+    packed = loads_packed(model, targets.values(), config.symmetric)
+    one_dense = math.gcd(*dense) if dense and not packed else 0
     grids = {}
     for name, layer in targets.items():
         width = common if name in experts else one_dense or layer.in_features
@@ -84,7 +85,8 @@ def grids_for(model: nn.Module, targets: dict[str, nn.Module],
             size = resolve_group_size(width, config.group_size)
         except ValueError as error:
             raise ValueError(f"{error} (layer {name})") from None
-        grids[name] = Grid(config.bits, size, config.symmetric, STORAGE_DTYPES[config.scale_dtype])
+        grids[name] = Grid(config.bits, size, config.symmetric, STORAGE_DTYPES[config.scale_dtype],
+                           product_in_scale_dtype=name in experts or not packed)
     return grids
 
 

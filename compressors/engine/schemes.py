@@ -12,7 +12,8 @@ calibration windows with `input_peaks`.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -29,6 +30,15 @@ from compressors.report.charts import layer_chart
 from compressors.report.schema import Chart
 
 Section = TypeVar("Section", bound=SchemeSection)
+
+
+class StoredBits(Protocol):
+    """A layer's checkpoint record, as far as the report needs it."""
+
+    def bits_per_weight(self, rows: int, cols: int) -> float: ...
+
+
+Record = TypeVar("Record", bound=StoredBits)
 
 
 def precision(weights: Any, inputs: Any | None) -> InferencePrecision:
@@ -74,6 +84,15 @@ class SchemeRecord:
         self.errors: dict[str, float] = {}
         self.bits: dict[str, tuple[float, int]] = {}
         self.zeros_before = self.zeros_kept = 0
+
+    def quantize(self, name: str, layer: nn.Module, keep: torch.Tensor | None,
+                 install: Callable[[], Record]) -> Record:
+        """Round one layer in place with `install` (the method's own: it applies `keep` and
+        attaches the checkpoint's record) and note it against the weight it had before."""
+        original = layer.weight.data.to(torch.float32, copy=True)
+        installed = install()
+        self.add(name, original, layer, keep, installed.bits_per_weight(*layer.weight.shape))
+        return installed
 
     def add(self, name: str, original: torch.Tensor, layer: nn.Module,
             keep: torch.Tensor | None, bits: float) -> None:

@@ -47,8 +47,13 @@ HOW_TO_LOAD = (
     "package; the quantized weights are decompressed on load, also on CPU) or "
     "`compressors.load(path)`.")
 DEQUANTIZED_NOTE = (
-    " This architecture's own weight initialisation cannot take packed layers, so the "
-    "checkpoint asks transformers to decompress it while loading (`dequantize: true`).")
+    " Stock transformers cannot hold its layers packed ({why}), so the checkpoint asks it to "
+    "decompress them while loading (`dequantize: true`, which vLLM ignores: it serves the "
+    "packed tensors).")
+ZERO_POINT_BLOCKER = (
+    "asymmetric zero points: transformers 5.25 with compressed-tensors 0.20.1 gives a packed "
+    "layer an unpacked [out, groups] zero point, while the files hold it packed "
+    "[out/8, groups] as vLLM and compressed-tensors' own decompression read it")
 HOW_TO_SERVE = (
     "vLLM serves it with its compressed-tensors kernels ({labels}, {formats}): "
     "`vllm serve {{path}}` (or `from vllm import LLM; LLM(model=path)`).")
@@ -120,17 +125,23 @@ def stored_dense(quantized: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor
     the order of operations: bit for bit what the loader gets (a test reloads in a fresh
     process to keep it so)."""
     grid = quantized.grid
+    product = product_dtype(grid, dtype)
     width = grid.width(quantized.codes.shape[1])
-    scale = loaded_scale(quantized.scale, grid, dtype).repeat_interleave(width, dim=1)
-    codes = quantized.codes.to(dtype)
+    scale = loaded_scale(quantized.scale, grid, product).repeat_interleave(width, dim=1)
+    codes = quantized.codes.to(product)
     if not grid.symmetric:
-        codes = codes - quantized.zero.to(dtype).repeat_interleave(width, dim=1)
-    return codes * scale
+        codes = codes - quantized.zero.to(product).repeat_interleave(width, dim=1)
+    return (codes * scale).to(dtype)
+
+
+def product_dtype(grid: Grid, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a loader of a `dtype` model multiplies codes and scales in (`Grid`)."""
+    return grid.scale_dtype if grid.product_in_scale_dtype else dtype
 
 
 def loaded_scale(scale: torch.Tensor, grid: Grid, dtype: torch.dtype) -> torch.Tensor:
-    """The scales as a loader of a `dtype` model multiplies by them: stored in the grid's
-    scale dtype, then cast to `dtype` (bfloat16 rounds a float16 scale)."""
+    """The scales as a loader multiplying in `dtype` takes them: stored in the grid's scale
+    dtype, then cast to `dtype` (bfloat16 rounds a float16 scale)."""
     return scale.to(grid.scale_dtype).to(dtype)
 
 
@@ -164,7 +175,7 @@ def weight_codes(weight: torch.Tensor, quant: LayerQuant) -> torch.Tensor:
     width = quant.grid.width(weight.shape[1])
     # divide by the scale `stored_dense` multiplied by (the float16 one put bfloat16 int8 codes
     # near 127 off by one)
-    scale = loaded_scale(quant.scale, quant.grid, weight.dtype).float()
+    scale = loaded_scale(quant.scale, quant.grid, product_dtype(quant.grid, weight.dtype)).float()
     scale = scale.repeat_interleave(width, dim=1)
     zero = quant.zero.to(torch.float32).repeat_interleave(width, dim=1)
     codes = codes_of(weight.to(torch.float32), scale, zero, quant.grid).to(torch.int8)
@@ -193,20 +204,26 @@ def _fused_parameters(model: nn.Module, layers: dict[str, nn.Module]) -> list[st
     return done
 
 
-def loads_packed(model: nn.Module, layers: Iterable[nn.Module]) -> bool:
+def loads_packed(model: nn.Module, layers: Iterable[nn.Module], symmetric: bool = True) -> bool:
     """Whether stock transformers can load these quantized layers packed (`packed_blocker`)."""
-    return packed_blocker(model, layers) is None
+    return packed_blocker(model, layers, symmetric) is None
 
 
-def packed_blocker(model: nn.Module, layers: Iterable[nn.Module]) -> str | None:
-    """The layer class stock transformers cannot load packed, or None. Its loader swaps
-    each targeted layer's `weight` for `weight_packed` / `weight_scale` before reading the
-    file, then runs the model's own weight initialisation on every module; some
-    architectures' initialisation reads `.weight` of their own `nn.Linear` subclass
-    unconditionally (Falcon: `'FalconLinear' object has no attribute 'weight'`), so such a
-    checkpoint would load nowhere. Asked of the model itself, generically: its
-    `_init_weights` runs on a weightless stand-in of each layer class, on the meta device
-    (nothing of the real layer is touched)."""
+def packed_blocker(model: nn.Module, layers: Iterable[nn.Module],
+                   symmetric: bool = True) -> str | None:
+    """Why stock transformers cannot load these layers packed, or None.
+
+    An asymmetric grid: its packed zero points meet a parameter of the wrong shape
+    (`ZERO_POINT_BLOCKER`; a packed checkpoint, llm-compressor's included, is refused with a
+    size mismatch). A layer class: transformers' loader swaps each targeted layer's `weight`
+    for `weight_packed` / `weight_scale` before reading the file, then runs the model's own
+    weight initialisation on every module; some architectures' initialisation reads
+    `.weight` of their own `nn.Linear` subclass unconditionally (Falcon: `'FalconLinear'
+    object has no attribute 'weight'`), so such a checkpoint would load nowhere. Asked of
+    the model itself, generically: its `_init_weights` runs on a weightless stand-in of each
+    layer class, on the meta device (nothing of the real layer is touched)."""
+    if not symmetric:
+        return ZERO_POINT_BLOCKER
     initialise = getattr(model, "_init_weights", None)
     if initialise is None:
         return None
@@ -223,7 +240,8 @@ def packed_blocker(model: nn.Module, layers: Iterable[nn.Module]) -> str | None:
             with torch.no_grad():
                 initialise(probe)
         except AttributeError:
-            return type(layer).__name__
+            return (f"{type(layer).__name__}: the architecture's weight initialisation reads "
+                    "a packed layer's missing `weight`")
     return None
 
 
@@ -304,18 +322,24 @@ def save(model: nn.Module, folder: Path) -> CheckpointInfo | None:
                           max_shard_size=MAX_SHARD)
     config = quantization_config(model, layers)
     ModelCompressor(quantization_config=config).update_config(str(folder))
-    blocker = packed_blocker(model, layers.values())
+    records = [getattr(m, QUANT_ATTR) for m in layers.values()]
+    blocker = packed_blocker(model, layers.values(), all(_symmetric(r) for r in records))
     if blocker is not None:
         _load_dequantized(folder, config, f"{type(model).__name__}, {blocker}")
-    records = [getattr(m, QUANT_ATTR) for m in layers.values()]
     labels = "/".join(sorted({r.bits_label() for r in records}))
     formats = "/".join(sorted({r.format for r in records}))
     return CheckpointInfo(format=f"{FORMAT_NAME} ({formats})", needs_compressors_load=False,
-                          how_to_load=HOW_TO_LOAD + ("" if blocker is None else DEQUANTIZED_NOTE)
+                          how_to_load=HOW_TO_LOAD + (
+                              "" if blocker is None else DEQUANTIZED_NOTE.format(why=blocker))
                           + _dtype_note(model, records) + experts_note(layers, QUANT_ATTR),
                           how_to_serve=HOW_TO_SERVE.format(labels=labels, formats=formats)
                           + " " + serving_notes((group.weights, group.input_activations)
                                                 for group in config.config_groups.values()))
+
+
+def _symmetric(record: CheckpointQuant) -> bool:
+    grid = getattr(record, "grid", None)  # integer grids; float formats have no zero point
+    return grid is None or grid.symmetric
 
 
 # compressed-tensors 0.20 decompresses these formats to one dtype whatever the model's
@@ -347,15 +371,15 @@ def _dtype_note(model: nn.Module, records: list[CheckpointQuant]) -> str:
 def _load_dequantized(folder: Path, config: Any, why: str) -> None:
     """Mark the checkpoint for transformers to decompress while loading (`dequantize: true`,
     read by its `CompressedTensorsConfig`; compressed-tensors and vLLM ignore the key): the
-    one way it loads a model whose layers cannot be held packed (`loads_packed`). That path
-    decompresses every dense layer with one scheme, weights only, so the step gave them one
-    grid (`engine.quantization.grids_for`) and activation schemes are refused."""
+    one way it loads a model whose layers cannot be held packed (`packed_blocker`). That
+    path decompresses every dense layer with one scheme, weights only, so the step gave them
+    one grid (`engine.quantization.grids_for`) and activation schemes are refused."""
     dense = [group for group in config.config_groups.values()
              if EXPERTS_TARGET not in group.targets]
     if len(dense) > 1 or any(group.input_activations is not None for group in dense):
         raise ValueError(f"compressed-tensors: transformers loads this model ({why}) only "
-                         "dequantized: its weight initialisation cannot take packed layers, "
-                         "and its dequantizing loader takes one weight-only scheme for all "
+                         "dequantized, and its dequantizing loader takes one weight-only "
+                         "scheme for all "
                          "dense layers, not activation quantization or several schemes; use "
                          "a weight-only method (gptq, rtn, awq)")
     path = model_file(folder, CONFIG_FILE)

@@ -30,7 +30,13 @@ def _name(args: Any) -> str:
 
 
 def weights_precision(args: Any) -> str:
-    """The stored weights, e.g. "FP8 E4M3, one scale per output channel"."""
+    """The stored weights, e.g. "FP8 E4M3, one scale per output channel"; an asymmetric
+    integer grid also says so (vLLM reads its packed zero points: uint4 / uint8 kernels)."""
+    grid = _weights_grid(args)
+    return grid if args.symmetric in (True, None) else f"{grid} and a zero point (asymmetric)"
+
+
+def _weights_grid(args: Any) -> str:
     strategy = _strategy(args)
     if strategy == "tensor_group":
         return (f"{_name(args)} in groups of {args.group_size}, FP8 E4M3 group scales and a "

@@ -114,21 +114,30 @@ class Method:
     experts: ExpertsSupport = "refused"
     search: SearchSpace | None = None
 
-    def experts_refusal(self, experts: list[str], fused: list[str]) -> str | None:
-        """Why this method refuses a selection holding these expert matrices (`fused`: those
-        a checkpoint stores inside 3-D tensors), or None: the one message for the 422 at
-        submission and for the job's own check."""
-        if self.experts == "handled" or not experts:
+    def experts_refusal(self, experts: list[str], fused: list[str],
+                        step: StepConfig | None = None) -> str | None:
+        """Why this method (with `step`'s settings) refuses a selection holding these expert
+        matrices (`fused`: those a checkpoint stores inside 3-D tensors), or None: the one
+        message for the 422 at submission and for the job's own check."""
+        if not experts:
+            return None
+        setting = step.experts_error() if step is not None else None
+        if setting is not None:
+            return self._refusal(experts, setting)
+        if self.experts == "handled":
             return None
         if self.experts == "per_expert_checkpoint" and not fused:
             return None
-        shown = (fused or experts)[0]
         why = ("are stored fused (3-D) by this checkpoint, which a packed "
                f"{self.name} checkpoint cannot hold" if self.experts == "per_expert_checkpoint"
                else f"are not compressed by {self.name}")
-        return (f"{self.name}: {len(fused or experts)} selected expert matrices (layer kind: "
-                f"experts, e.g. {shown[:60]}) {why}; add exclude: ['experts'] or use a method "
-                "that handles experts")
+        return self._refusal(fused or experts,
+                             f"{why}; add exclude: ['experts'] or use a method that handles "
+                             "experts")
+
+    def _refusal(self, experts: list[str], why: str) -> str:
+        return (f"{self.name}: {len(experts)} selected expert matrices (layer kind: experts, "
+                f"e.g. {experts[0][:60]}) {why}")
 
     @property
     def step(self) -> str:

@@ -63,12 +63,17 @@ def group_width(in_features: int, group_size: int) -> int:
 
 @dataclass(frozen=True)
 class Grid:
-    """How one layer is quantized: bits, group size (resolved), symmetry, scale dtype."""
+    """How one layer is quantized: bits, group size (resolved), symmetry, scale dtype, and
+    the dtype its loader takes the product `(q − z) · s` in: the model's (transformers casts
+    the stored scales first), or with `product_in_scale_dtype` the scale's own, then cast
+    (compressed-tensors' `dequantize` on the stored tensors as they are: what transformers
+    runs on expert matrices and on a checkpoint it decompresses while loading)."""
 
     bits: int
     group_size: int
     symmetric: bool = True
     scale_dtype: torch.dtype = torch.float16
+    product_in_scale_dtype: bool = False
 
     @property
     def qmin(self) -> int:

@@ -23,7 +23,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 
@@ -249,10 +248,12 @@ class WeightGridConfig(StepConfig, LayerSelection):
         "unset (auto): 128 where it divides a layer's width, else the largest power of two "
         "below 128 that does (SmolLM2's 576 -> 64), per channel if that is under 32")
     symmetric: bool = Field(
-        True, description="symmetric grid (zero point 0, what vLLM's W4A16/W8A16 kernels "
-        "take); false (a zero point per group) is refused for now: compressed-tensors 0.20.1 "
-        "still reloads packed zero points with the wrong shape, so such a checkpoint would not "
-        "load (tests/test_awq.py checks it)")
+        True, description="true: zero point 0 (what vLLM's Marlin W4A16/W8A16 kernels take "
+        "fastest); false: a zero point per group, the grid fitted to each group's min and max "
+        "(a finer grid for lopsided groups: llm-compressor's AWQ default). Asymmetric "
+        "checkpoints hold packed zero points as vLLM reads them and ask transformers to "
+        "decompress while loading (it cannot hold them packed yet), with one group size for "
+        "all layers")
     clip_search: bool = Field(
         True, description="choose each group's scale by searching shrink factors of its range "
         "for the least error (GPTQ: weighted by the Hessian diagonal); false: plain min-max")
@@ -260,17 +261,16 @@ class WeightGridConfig(StepConfig, LayerSelection):
         "float16", description="dtype the scales are stored in (float16: what vLLM's kernels "
         "take)")
 
-    @field_validator("symmetric")
-    @classmethod
-    def _loadable(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError("false is not offered: compressed-tensors 0.20.1 reloads packed "
-                             "asymmetric zero points with the wrong shape (the checkpoint "
-                             "would not load); use symmetric: true")
-        return value
-
     def weights_after(self) -> WeightForm:
         return "quantized"
+
+    def experts_error(self) -> str | None:
+        if self.symmetric:
+            return None
+        # transformers 5.25's CompressedTensorsDequantize reads weight_packed, weight_scale
+        # and weight_shape of each expert, never weight_zero_point
+        return ("cannot be asymmetric: transformers 5.25 loads expert matrices without their "
+                "zero points; use symmetric: true or add exclude: ['experts']")
 
     @property
     def label(self) -> str:

@@ -77,6 +77,12 @@ class StepConfig(BaseModel):
         refuses them on a model whose config declares no LM head, naming the field."""
         return None
 
+    def experts_error(self) -> str | None:
+        """Why these settings cannot compress mixture-of-experts expert matrices although the
+        method can (the rest of a refusal naming the method and the layer kind, with the way
+        out), or None; asked at submission and in the job of a selection that holds them."""
+        return None
+
     def layer_error(self, name: str, out_features: int, in_features: int,
                     device_type: str) -> str | None:
         """Why this step cannot compress the layer `name` of this shape on a `device_type`
@@ -88,3 +94,14 @@ class StepConfig(BaseModel):
         """Why this step cannot run with the model held `placement` (in_memory, onloaded,
         streamed), or None; the recipe refuses a forced placement and `auto` skips it."""
         return None
+
+
+def packed_checkpoint_placement_error(method: str, placement: str) -> str | None:
+    """The placement rule of the steps whose published checkpoint only the quantized model in
+    memory can write (`fp8`, `nvfp4`, `w8a8`): a streamed run publishes dense weights block by
+    block, which cannot say that their activations are quantized or hold packed codes, so
+    the report's perplexity would not be the checkpoint's."""
+    if placement == "streamed":
+        return (f"{method} writes a compressed-tensors checkpoint, which needs the model in "
+                "memory or onloaded; use placement in_memory, onloaded or auto")
+    return None

@@ -53,6 +53,7 @@ def _submit(client, key: str, model: str, step: dict):
     ("gpt_oss", {"method": "gptq"}, "are stored fused (3-D) by this checkpoint"),
     ("gpt_oss", {"method": "rtn", "include": [r"experts\.gate_up_proj\.1$"]},
      "are stored fused (3-D)"),
+    ("qwen3_moe", {"method": "awq", "symmetric": False}, "without their zero points"),
 ])
 def test_unhandled_experts_are_a_422_naming_method_and_kind(client, app, keys, moe_models,
                                                             family, step, why) -> None:
@@ -73,6 +74,7 @@ def test_unhandled_experts_are_a_422_naming_method_and_kind(client, app, keys, m
     ("qwen3_moe", {"method": "lowrank", "rank": 4, "exclude": ["experts"]}),
     ("gpt_oss", {"method": "sparsegpt", "sparsity": 0.5}),
     ("gpt_oss", {"method": "gptq", "exclude": ["experts"]}),
+    ("qwen3_moe", {"method": "awq", "symmetric": False, "exclude": ["experts"]}),
 ])
 def test_what_a_method_handles_passes(settings, moe_models, family, step) -> None:
     recipe = Recipe.model_validate({"steps": [step], **BUDGETS})

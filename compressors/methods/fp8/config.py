@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from compressors.methods.method import Method, SearchSpace
 from compressors.recipe.fields import LayerSelection
-from compressors.recipe.step import StepConfig, WeightForm
+from compressors.recipe.step import StepConfig, WeightForm, packed_checkpoint_placement_error
 
 BLOCK = 128  # FP8_BLOCK's weight blocks and activation groups (ops.float_quant.FP8_BLOCK)
 
@@ -55,13 +55,7 @@ class Fp8Config(StepConfig, LayerSelection):
         return None
 
     def placement_error(self, placement: str) -> str | None:
-        """The compressed-tensors writer needs the quantized model in memory or onloaded; a
-        streamed run would publish dense weights that no longer say their activations are
-        quantized, so the report's perplexity would not be the checkpoint's."""
-        if placement == "streamed":
-            return ("fp8 writes a compressed-tensors checkpoint, which needs the model in "
-                    "memory or onloaded; use placement in_memory, onloaded or auto")
-        return None
+        return packed_checkpoint_placement_error(self.method, placement)
 
 
 METHOD = Method(

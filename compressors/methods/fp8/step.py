@@ -19,6 +19,7 @@ inputs come from blocks 0..k-1 already quantized, activations included, as at in
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 from torch import nn
@@ -84,10 +85,8 @@ def run(model: nn.Module, config: Fp8Config, context: StepContext) -> StepResult
     def quantize(layers: dict[str, nn.Module]) -> None:
         for name, layer in layers.items():
             keep = keep_mask(layer, name, context)
-            original = layer.weight.data.detach().to(torch.float32).clone()
-            records[name] = install(layer, config.weights, keep)
-            record.add(name, original, layer,
-                       keep, records[name].bits_per_weight(*layer.weight.shape))
+            records[name] = record.quantize(name, layer, keep,
+                                            partial(install, layer, config.weights, keep))
 
     @torch.no_grad()
     def dynamic_block(block: BlockContext) -> None:

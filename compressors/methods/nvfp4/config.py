@@ -9,7 +9,7 @@ from pydantic import Field
 
 from compressors.methods.method import Method
 from compressors.recipe.fields import LayerSelection
-from compressors.recipe.step import StepConfig, WeightForm
+from compressors.recipe.step import StepConfig, WeightForm, packed_checkpoint_placement_error
 
 GROUP = 16  # NVFP4's group of weights (and of activation values) per FP8 scale
 
@@ -42,11 +42,7 @@ class NVFP4Config(StepConfig, LayerSelection):
         return None
 
     def placement_error(self, placement: str) -> str | None:
-        """The compressed-tensors writer needs the quantized model in memory or onloaded."""
-        if placement == "streamed":
-            return ("nvfp4 writes a compressed-tensors checkpoint, which needs the model in "
-                    "memory or onloaded; use placement in_memory, onloaded or auto")
-        return None
+        return packed_checkpoint_placement_error(self.method, placement)
 
 
 METHOD = Method(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from functools import partial
 
 import torch
 from torch import nn
@@ -81,11 +82,9 @@ def run(model: nn.Module, config: NVFP4Config, context: StepContext) -> StepResu
             if len(group) > 1:
                 shared.append(group)
             for name in group:
-                layer = layers[name]
-                original = layer.weight.data.detach().to(torch.float32).clone()
-                records[name] = install(layer, global_scale, keeps[name])
-                record.add(name, original, layer, keeps[name],
-                           records[name].bits_per_weight(*layer.weight.shape))
+                records[name] = record.quantize(
+                    name, layers[name], keeps[name],
+                    partial(install, layers[name], global_scale, keeps[name]))
 
     @torch.no_grad()
     def weights_only(block: BlockContext) -> None:

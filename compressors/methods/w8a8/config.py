@@ -10,7 +10,12 @@ from pydantic import Field
 
 from compressors.methods.method import Method, SearchSpace
 from compressors.recipe.fields import LayerSelection
-from compressors.recipe.step import MemoryNeeds, StepConfig, WeightForm
+from compressors.recipe.step import (
+    MemoryNeeds,
+    StepConfig,
+    WeightForm,
+    packed_checkpoint_placement_error,
+)
 
 
 class W8A8Config(StepConfig, LayerSelection):
@@ -43,13 +48,7 @@ class W8A8Config(StepConfig, LayerSelection):
             declared, hessians=False, kept_hessians=False)
 
     def placement_error(self, placement: str) -> str | None:
-        """A streamed run publishes dense weights, which cannot say that their activations
-        are quantized: the report's perplexity would not be the checkpoint's."""
-        if placement == "streamed":
-            return ("w8a8 writes a compressed-tensors checkpoint whose layers quantize their "
-                    "inputs, which needs the model in memory or onloaded; use placement "
-                    "in_memory, onloaded or auto")
-        return None
+        return packed_checkpoint_placement_error(self.method, placement)
 
     @property
     def label(self) -> str:
