@@ -107,11 +107,11 @@ def check_zeros(method: str, name: str, weight: torch.Tensor, keep: torch.Tensor
     else the step fails naming the layer."""
     if keep is None:
         return 0, 0
-    kept = weight[~keep.to(weight.device)] == 0
-    if not bool(kept.all()):
-        raise RuntimeError(f"{method}: {name} lost {int((~kept).sum())} pruned zeros while "
-                           "quantizing")
-    return int((~keep).sum()), int(kept.sum())
+    pruned = weight[~keep.to(weight.device)]
+    lost = int(torch.count_nonzero(pruned))
+    if lost:
+        raise RuntimeError(f"{method}: {name} lost {lost} pruned zeros while quantizing")
+    return pruned.numel(), pruned.numel()
 
 
 class QuantRecord:
