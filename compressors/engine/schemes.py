@@ -91,10 +91,10 @@ class SchemeRecord:
         attaches the checkpoint's record) and note it against the weight it had before."""
         original = layer.weight.data.to(torch.float32, copy=True)
         installed = install()
-        self.add(name, original, layer, keep, installed.bits_per_weight(*layer.weight.shape))
+        self._add(name, original, layer, keep, installed.bits_per_weight(*layer.weight.shape))
         return installed
 
-    def add(self, name: str, original: torch.Tensor, layer: nn.Module,
+    def _add(self, name: str, original: torch.Tensor, layer: nn.Module,
             keep: torch.Tensor | None, bits: float) -> None:
         """Note a layer just quantized in place: `original` its float32 weight before,
         `bits` its stored bits per weight; its pruned zeros must all still be zero."""
