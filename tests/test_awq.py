@@ -1,7 +1,8 @@
 """AWQ (`awq`): the search keeps the function and never ends worse than no scaling, its cheap
 objective is the exact output error, the checkpoints reload with stock transformers in a fresh
 process to the evaluated logits (asymmetric ones decompressed while loading),
-pruned zeros stay zero, MoE experts are rounded unscaled,
+pruned zeros stay zero, MoE experts are rounded unscaled, the output-error clipping rounds
+on the ranges it measured,
 order rules, and on the real SmolLM2 the scales lower the block error."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -26,6 +28,7 @@ from compressors.methods.awq.scales import scale_block
 from compressors.methods.awq.step import run as run_awq
 from compressors.methods.wanda.config import WandaConfig
 from compressors.methods.wanda.step import run as run_wanda
+from compressors.ops.clipping import group_grams, output_clip
 from compressors.ops.int_grid import Grid, rtn_quantize
 from compressors.ops.smoothing import output_error, search_points
 from compressors.recipe import parse_recipe
@@ -53,8 +56,9 @@ def test_scales_keep_the_function_and_never_lose_to_no_scaling(objective):
     grids = {n: Grid(4, 32) for n in select_layers(model)}
 
     def scale(block: BlockContext) -> None:
-        results.extend(scale_block(block, finder.folds(block), grids, search_points(8, "both"),
-                                   objective))
+        found, _ = scale_block(block, finder.folds(block), grids, search_points(8, "both"),
+                               objective, clip=False)
+        results.extend(found)
 
     run_sequential(model, _context().calibration_tokens(), select_layers(model), scale)
     with torch.no_grad():
@@ -71,6 +75,35 @@ def test_the_layers_objective_is_the_exact_output_error():
     approx = rtn_quantize(weight, Grid(4, 32), search=False).dense()
     direct = float(((inputs @ (approx - weight).T) ** 2).sum())
     assert output_error(weight, approx, inputs.T @ inputs) == pytest.approx(direct, rel=1e-4)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_clipping_rounds_on_the_ranges_it_measured_and_never_raises_their_error(symmetric):
+    """Min-max rounding of the clamped weight is the rounding the clip measured (its error,
+    recomputed here from the inputs themselves, is the one reported), no worse than min-max
+    ranges; zeros stay zero; inputs no token reached change nothing."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(16, 64, generator=gen)
+    weight[:, 5] *= 8  # an outlier column: its groups want a narrower range
+    weight[0, :7] = 0
+    inputs = torch.randn(300, 64, generator=gen) * torch.linspace(0.2, 3, 64)
+    grid = Grid(4, 32, symmetric=symmetric)
+    clip = output_clip(weight, grid, group_grams(inputs, 32))
+    rounded = rtn_quantize(clip.weight, grid, search=False).dense()
+
+    def group_error(approx: torch.Tensor) -> float:
+        diff = approx - weight
+        return sum(float(((diff[:, g:g + 32] @ inputs[:, g:g + 32].T) ** 2).sum())
+                   for g in (0, 32))
+
+    assert clip.error_clipped == pytest.approx(group_error(rounded), rel=1e-4)
+    assert clip.error_minmax == pytest.approx(
+        group_error(rtn_quantize(weight, grid, search=False).dense()), rel=1e-4)
+    assert clip.error_clipped < clip.error_minmax
+    assert 0 < clip.shrunk < 1
+    assert bool((rounded[0, :7] == 0).all())
+    untouched = output_clip(weight, grid, torch.zeros(2, 32, 32))
+    assert torch.equal(untouched.weight, weight) and untouched.shrunk == 0
 
 
 def test_checkpoints_reload_with_stock_transformers_to_the_evaluated_logits(tmp_path):
@@ -205,18 +238,18 @@ def test_order_rules_name_both_steps():
 
 
 @pytest.mark.real_model
-def test_smollm2_awq_scales_lower_the_block_error(smollm2_path, smollm2_tokenizer):
+def test_smollm2_awq_scales_and_clipping_lower_the_block_error(smollm2_path, smollm2_tokenizer):
     """On the real model (small budgets), blocks 0-2: the output error of the block rounded
-    to int4 g64 (min-max, no clipping search, to isolate the scales) is lower with AWQ's
-    scales folded than without."""
+    to int4 g64 (min-max, no clipping, to isolate the scales) is lower with AWQ's scales
+    folded than without, and in block 0 (the same inputs either way) lower again once each
+    group's range is clipped by its output error (the clamped weights rounded min-max)."""
     from compressors.io.loading import load_model
 
-    model = load_model(smollm2_path).model
     context = StepContext(model_source=smollm2_path, tokenizer=smollm2_tokenizer,
                           calibration=SMALL_CALIBRATION)
-    targets = select_layers(model)
-    grids = {n: Grid(4, 64) for n in targets}
-    finder, errors = FoldFinder(), []
+    grids = {n: Grid(4, 64) for n in select_layers(load_model(smollm2_path).model)}
+    finder = FoldFinder()
+    errors: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
 
     def rounded_error(block: BlockContext, reference: list[torch.Tensor]) -> float:
         saved = {n: layer.weight.data.clone() for n, layer in block.layers.items()}
@@ -229,18 +262,29 @@ def test_smollm2_awq_scales_lower_the_block_error(smollm2_path, smollm2_tokenize
             layer.weight.data.copy_(saved[name])
         return error
 
-    @torch.no_grad()
-    def compare(block: BlockContext) -> None:
-        if block.index > 2:
-            return
-        reference = block.outputs()
-        plain = rounded_error(block, reference)
-        scale_block(block, finder.folds(block), grids, search_points(20, "both"), "module")
-        errors.append((plain, rounded_error(block, reference)))
+    def compare(clip: bool) -> Callable[[BlockContext], None]:
+        @torch.no_grad()
+        def measure(block: BlockContext) -> None:
+            if block.index > 2:
+                return
+            reference = block.outputs()
+            plain = rounded_error(block, reference)
+            scale_block(block, finder.folds(block), grids, search_points(20, "both"),
+                        "module", clip)
+            errors[clip].append((plain, rounded_error(block, reference)))
 
-    run_sequential(model, context.calibration_tokens(), targets, compare)
-    assert len(errors) == 3
-    assert all(awq < plain for plain, awq in errors), errors
+        return measure
+
+    for clip in (False, True):
+        model = load_model(smollm2_path).model
+        targets = select_layers(model)
+        run_sequential(model, context.calibration_tokens(), targets, compare(clip))
+    assert len(errors[False]) == len(errors[True]) == 3
+    assert all(awq < plain for plain, awq in errors[False]), errors
+    # block 0 reads the same inputs in both runs (later blocks read clamped blocks' outputs):
+    # the same scales, then each group's range clipped by its output error
+    assert errors[True][0][0] == errors[False][0][0]
+    assert errors[True][0][1] < errors[False][0][1], errors
 
 
 def test_search_operation_writes_steps_that_parse_and_predicts_their_bytes():

@@ -93,16 +93,25 @@ def _stored(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return scale.clamp(min=tiny).to(dtype).to(torch.float32)
 
 
+def grid_range(w: torch.Tensor, grid: Grid, shrink: float | torch.Tensor = 1.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row `(low, high)` a grid of a group `w [rows, g]` spans, its range shrunk by
+    `shrink`: `±max|w|` symmetric, `[min(w, 0), max(w, 0)]` asymmetric. Clamping `w` to a
+    shrunk range and taking min-max params of the result gives the shrunk params exactly."""
+    if grid.symmetric:
+        peak = w.abs().amax(dim=1) * shrink
+        return -peak, peak
+    return w.amin(dim=1).clamp(max=0) * shrink, w.amax(dim=1).clamp(min=0) * shrink
+
+
 def minmax_params(
     w: torch.Tensor, grid: Grid, shrink: float | torch.Tensor = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row `(scale, zero)` of a group `w [rows, g]`, its range shrunk by `shrink`."""
+    low, high = grid_range(w, grid, shrink)
     if grid.symmetric:
-        peak = w.abs().amax(dim=1) * shrink
-        scale = _stored(peak / grid.qmax, grid.scale_dtype)
+        scale = _stored(high / grid.qmax, grid.scale_dtype)
         return scale, torch.zeros_like(scale)
-    low = w.amin(dim=1).clamp(max=0) * shrink
-    high = w.amax(dim=1).clamp(min=0) * shrink
     scale = _stored((high - low) / (grid.qmax - grid.qmin), grid.scale_dtype)
     zero = torch.clamp(torch.round(grid.qmin - low / scale), grid.qmin, grid.qmax)
     return scale, zero

@@ -18,7 +18,9 @@ class AWQConfig(WeightGridConfig):
     calibration activations (the exponent of `mean|X|` that least changes the output of the
     module holding the layers once their scaled weights are rounded), folded into the op before
     the layers (the model computes the same function), then int4 (or int8) weights in groups
-    rounded by RTN (default) or GPTQ; needs calibration text."""
+    rounded by RTN (default) or GPTQ; needs calibration text. With RTN each group's range is
+    clipped by the same output error (`ops.clipping`), not by the weights' own: the scaled-up
+    salient columns are what a weight-error clip would cut."""
 
     method: Literal["awq"] = "awq"
     quantizer: Literal["rtn", "gptq"] = Field(
@@ -37,6 +39,11 @@ class AWQConfig(WeightGridConfig):
         "module holding the layers, e.g. the attention for q/k/v, run once per grid point: "
         "AWQ's) or layers (the layers' own output error, exact from their inputs' Gram "
         "matrix: no forward per point, tens of times cheaper)")
+    clip_search: bool = Field(
+        True, description="rtn: after the scales, each group's range is shrunk to the factor "
+        "(of 20 in [0.55, 1]) whose rounding least changes the layer's output on the "
+        "calibration tokens, and the weights clamped to it (AWQ's clipping); gptq: GPTQ's own "
+        "search, weighted by the Hessian diagonal; false: plain min-max ranges")
     dampening: float = Field(
         0.01, ge=0.0, le=10.0,
         description="gptq only: fraction of the mean Hessian diagonal added to it, in [0, 10]")

@@ -39,6 +39,7 @@ from torch import nn
 from compressors.engine.folding import Call, Fold, apply_fold, recording_calls, submodule
 from compressors.engine.modules import in_features
 from compressors.engine.sequential import BlockContext, block_output
+from compressors.ops.clipping import group_grams, output_clip, rescaled_grams
 from compressors.ops.int_grid import Grid
 from compressors.ops.smoothing import (
     awq_scales,
@@ -63,32 +64,47 @@ class FoldResult:
     loss_best: float
 
 
+@dataclass
+class ClipResult:
+    """The clipping of one layer's groups (`ops.clipping.output_clip`), without the weight."""
+
+    error_minmax: float
+    error_clipped: float
+    shrunk: float
+
+
 @torch.no_grad()
 def scale_block(block: BlockContext, folds: list[Fold], grids: dict[str, Grid],
-                points: list[tuple[float, bool]], objective: Objective) -> list[FoldResult]:
-    """Search and fold the scales of every fold of the block, in order."""
+                points: list[tuple[float, bool]], objective: Objective, clip: bool
+                ) -> tuple[list[FoldResult], dict[str, ClipResult]]:
+    """Search and fold the scales of every fold of the block, in order; then, with `clip`,
+    clamp every quantized layer's groups to their output-error ranges (`ops.clipping`)."""
     watched = {next(c for c in f.consumers if c in block.layers): f for f in folds}
+    reader = _input_readers(block, watched, grids) if clip else {}
     tokens = sum(batch.hidden.shape[:-1].numel() for batch in block.inputs)
     by_gram = {name for name, f in watched.items() if objective == "layers" or (
         f.consumers == (f.parent,) and tokens > in_features(block.layers[name]))}
     sums: dict[str, torch.Tensor] = {}
     grams: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = dict.fromkeys(watched, 0)
+    clip_grams: dict[str, torch.Tensor] = {}
 
     def observe(name: str, _layer: nn.Module, inputs: torch.Tensor) -> None:
         values = inputs.to(torch.float32)
-        total = values.abs().sum(dim=0)
-        sums[name] = sums[name] + total if name in sums else total
-        counts[name] += inputs.shape[0]
+        if name in watched:
+            total = values.abs().sum(dim=0)
+            sums[name] = sums[name] + total if name in sums else total
         if name in by_gram:
             gram = (values.T @ values).to(torch.float64)
             grams[name] = grams[name] + gram if name in grams else gram
+        if name in reader.values():
+            found = group_grams(values, grids[name].width(values.shape[1]))
+            clip_grams[name] = clip_grams[name] + found if name in clip_grams else found
 
     parents = list(dict.fromkeys(f.parent for n, f in watched.items() if n not in by_gram))
+    observed = {n: block.layers[n] for n in [*watched, *reader.values()]}
     with recording_calls(block, parents) as calls:
-        BlockContext(block.index, block.name, block.block,
-                     {n: block.layers[n] for n in watched}, block.inputs,
-                     block.device).collect(observe)
+        counts = BlockContext(block.index, block.name, block.block, observed, block.inputs,
+                              block.device).collect(observe)
     results = []
     for name, fold in watched.items():
         means = sums[name] / max(counts[name], 1)
@@ -105,7 +121,29 @@ def scale_block(block: BlockContext, folds: list[Fold], grids: dict[str, Grid],
                 layer.weight.data.copy_(originals[c])
         apply_fold(block, fold, result.scales)
         results.append(result)
-    return results
+    scaled = {c: r.scales for r in results for c in r.fold.consumers}
+    clips = {name: _clip(block.layers[name], grids[name], clip_grams[source] / counts[source],
+                         scaled.get(name))
+             for name, source in reader.items() if source in clip_grams}
+    return results, clips
+
+
+def _input_readers(block: BlockContext, watched: dict[str, Fold], grids: dict[str, Grid]
+                   ) -> dict[str, str]:
+    """For each quantized layer of the block, the layer whose input hook sees its input: the
+    watched one of its fold (q/k/v read one input: gathered once), else itself."""
+    shared = {c: name for name, f in watched.items() for c in f.consumers}
+    return {name: shared.get(name, name) for name in block.layers if name in grids}
+
+
+def _clip(layer: nn.Module, grid: Grid, grams: torch.Tensor, scales: torch.Tensor | None
+          ) -> ClipResult:
+    """Clamp `layer`'s groups in place to their output-error ranges, on its inputs as they
+    are now (divided by the fold's scales, its weight multiplied)."""
+    found = output_clip(layer.weight.data, grid,
+                        grams if scales is None else rescaled_grams(grams, scales))
+    layer.weight.data.copy_(found.weight)
+    return ClipResult(found.error_minmax, found.error_clipped, found.shrunk)
 
 
 def _module_error(parent: nn.Module, calls: list[Call], rounded: dict[str, nn.Module]

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from compressors.engine.sections import InferencePrecision, QuantizationSection, ScaledFold
+from compressors.report.schema import ReportSection
 
 
 class SearchedFold(ScaledFold):
@@ -19,6 +20,17 @@ class SearchedFold(ScaledFold):
         description="the objective's mean squared output error with the layers rounded "
         "unscaled (s = 1), on the calibration tokens")
     loss_best: float = Field(description="the same with the chosen scales (never larger)")
+
+
+class OutputClipping(ReportSection):
+    """AWQ's clipping (`clip_search` with `quantizer: rtn`), over every quantized layer."""
+
+    layers: int = Field(description="layers whose groups were clipped")
+    shrunk_groups: float = Field(description="mean share of (row, group)s whose range was "
+                                 "shrunk below min-max")
+    error_minmax: float = Field(description="the groups' output error on the calibration "
+                                "tokens rounded on min-max ranges (summed over layers)")
+    error_clipped: float = Field(description="the same on the chosen ranges (never larger)")
 
 
 class AWQSection(QuantizationSection):
@@ -32,6 +44,9 @@ class AWQSection(QuantizationSection):
     unscaled_layers: dict[str, str] = Field(
         description="quantized layers that kept scale 1 (no op before them can take a "
         "scale), with why")
+    clipping: OutputClipping | None = Field(
+        description="each group's range chosen by its output error on the calibration "
+        "tokens after the scales (rtn with clip_search); None: the quantizer's own ranges")
     scaling_seconds: float = Field(description="wall time of the scale search "
                                    "(quantize_seconds: of the whole step)")
     quantizer_details: dict[str, Any] = Field(

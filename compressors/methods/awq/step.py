@@ -30,8 +30,8 @@ from compressors.engine.sequential import BlockContext, run_sequential
 from compressors.io.compressed_tensors import QUANT_ATTR, ct_args
 from compressors.io.scheme_notes import weights_precision
 from compressors.methods.awq.config import AWQConfig
-from compressors.methods.awq.scales import FoldResult, scale_block
-from compressors.methods.awq.section import AWQSection, SearchedFold
+from compressors.methods.awq.scales import ClipResult, FoldResult, scale_block
+from compressors.methods.awq.section import AWQSection, OutputClipping, SearchedFold
 from compressors.ops.smoothing import search_points
 from compressors.report.schema import Chart, Series
 
@@ -45,6 +45,8 @@ def run(model: nn.Module, config: AWQConfig, context: StepContext) -> StepResult
     points = search_points(config.grid, config.scales)
     finder = FoldFinder()
     results: list[FoldResult] = []
+    clips: dict[str, ClipResult] = {}
+    clip = config.clip_search and config.quantizer == "rtn"  # gptq searches its own
     unscaled: dict[str, str] = {}
     share = 0.9 if config.quantizer == "rtn" else 0.5
     began = time.perf_counter()
@@ -53,7 +55,9 @@ def run(model: nn.Module, config: AWQConfig, context: StepContext) -> StepResult
     def scale(block: BlockContext) -> None:
         folds = finder.folds(block)
         unscaled.update(unscaled_layers(block.layers, folds))
-        results.extend(scale_block(block, folds, grids, points, config.objective))
+        found, clipped = scale_block(block, folds, grids, points, config.objective, clip)
+        results.extend(found)
+        clips.update(clipped)
 
     def progress(fraction: float, message: str) -> None:
         context.progress(share * fraction, f"awq scales: {message}")
@@ -63,6 +67,8 @@ def run(model: nn.Module, config: AWQConfig, context: StepContext) -> StepResult
     run_sequential(model, context.calibration_tokens(), targets, scale, progress)
     scaled = time.perf_counter() - began
     fields = config.model_dump(include=set(GRID_FIELDS))
+    if clip:
+        fields["clip_search"] = False  # the weights are clamped to the ranges AWQ chose
     if config.quantizer == "gptq":
         fields["dampening"] = config.dampening
     inner = round_weights(model, config.quantizer, fields, context, share)
@@ -77,11 +83,20 @@ def run(model: nn.Module, config: AWQConfig, context: StepContext) -> StepResult
         quantizer=config.quantizer, grid_points=len(points), scales=config.scales,
         objective=config.objective,
         precision=weight_only_precision(targets), folds=folds, unscaled_layers=unscaled,
-        scaling_seconds=scaled)
+        clipping=clip_summary(clips) if clip else None, scaling_seconds=scaled)
     details = {"scheme": config.label, "quantized_layers": len(targets),
                "scaled_layers": len(targets) - len(unscaled),
                "bits_per_weight": section.bits_per_weight, "quantize_seconds": seconds}
     return StepResult(details=details, section=section, charts=[*inner.charts, search_chart(folds)])
+
+
+def clip_summary(clips: dict[str, ClipResult]) -> OutputClipping:
+    """The clipping over every layer: output errors summed, the share of groups shrunk."""
+    return OutputClipping(
+        layers=len(clips),
+        shrunk_groups=sum(c.shrunk for c in clips.values()) / max(len(clips), 1),
+        error_minmax=sum(c.error_minmax for c in clips.values()),
+        error_clipped=sum(c.error_clipped for c in clips.values()))
 
 
 def weight_only_precision(targets: dict[str, nn.Module]) -> InferencePrecision:
