@@ -24,6 +24,7 @@ from compressors.engine.modules import in_features
 from compressors.engine.quantization import check_zeros
 from compressors.engine.sections import InferencePrecision, RelativeError, SchemeSection
 from compressors.engine.sequential import BlockContext
+from compressors.io.compressed_tensors import QUANT_ATTR
 from compressors.io.scheme_notes import KV_CACHE, gpu_needs, inputs_precision, weights_precision
 from compressors.ops.int_grid import relative_error
 from compressors.report.charts import layer_chart
@@ -86,24 +87,22 @@ class SchemeRecord:
         self.zeros_before = self.zeros_kept = 0
 
     def quantize(self, name: str, layer: nn.Module, keep: torch.Tensor | None,
-                 install: Callable[[], Record]) -> Record:
-        """Round one layer in place with `install` (the method's own: it applies `keep` and
-        attaches the checkpoint's record) and note it against the weight it had before."""
-        original = layer.weight.data.to(torch.float32, copy=True)
-        installed = install()
-        self._add(name, original, layer, keep, installed.bits_per_weight(*layer.weight.shape))
-        return installed
-
-    def _add(self, name: str, original: torch.Tensor, layer: nn.Module,
-            keep: torch.Tensor | None, bits: float) -> None:
-        """Note a layer just quantized in place: `original` its float32 weight before,
-        `bits` its stored bits per weight; its pruned zeros must all still be zero."""
+                 rounding: Callable[[torch.Tensor], tuple[torch.Tensor, Record]]) -> Record:
+        """Round one layer with `rounding` (the method's own: from the weight, its pruned
+        entries zeroed, the rounded weight in the weight's dtype and the checkpoint's record),
+        note the error against the weight as it was, install the rounded one in place and
+        attach the record. Rounding out of place spares a float32 copy of every weight."""
         weight = layer.weight.data
-        before, kept = check_zeros(self.method, name, weight, keep)
+        unpruned = weight if keep is None else weight.masked_fill(~keep.to(weight.device), 0)
+        rounded, record = rounding(unpruned)
+        before, kept = check_zeros(self.method, name, rounded, keep)
         self.zeros_before += before
         self.zeros_kept += kept
-        self.errors[name] = relative_error(original, weight.to(torch.float32))
-        self.bits[name] = (bits, weight.numel())
+        self.errors[name] = relative_error(weight, rounded)
+        self.bits[name] = (record.bits_per_weight(*weight.shape), weight.numel())
+        weight.copy_(rounded)
+        setattr(layer, QUANT_ATTR, record)
+        return record
 
     def section(self, kind: type[Section], seconds: float, skipped: list[str],
                 **fields: Any) -> Section:

@@ -88,13 +88,13 @@ def fp8_codes(weight: torch.Tensor, scale: torch.Tensor, strategy: Fp8Strategy,
     """The `float8_e4m3fn` codes of `weight` for its scales (computed in the weight's dtype,
     as the library does: a bfloat16 model's quotient is rounded to bfloat16 first)."""
     full = expand_scale(scale.to(weight.dtype), weight.shape, strategy, block)
-    return torch.clamp(weight / full, -FP8_MAX, FP8_MAX).to(FP8)
+    return torch.div(weight, full).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
 
 
 def fp8_dequantize(codes: torch.Tensor, scale: torch.Tensor, strategy: Fp8Strategy,
                    block: int = FP8_BLOCK) -> torch.Tensor:
     """`code · scale` in the scale's dtype: what the loaders reconstruct."""
-    return codes.to(scale.dtype) * expand_scale(scale, codes.shape, strategy, block)
+    return codes.to(scale.dtype).mul_(expand_scale(scale, codes.shape, strategy, block))
 
 
 # ---- FP8 activations -----------------------------------------------------------------------

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from compressors.io.compressed_tensors import QUANT_ATTR
 from compressors.ops.float_quant import (
     FP8_BLOCK,
     Fp8Strategy,
@@ -59,14 +57,8 @@ class Fp8Quant:
         return 8 + self.scale.numel() * torch.finfo(self.scale.dtype).bits / (rows * cols)
 
 
-def install(layer: nn.Module, strategy: Fp8Strategy, keep: torch.Tensor | None) -> Fp8Quant:
-    """Round `layer`'s weight to FP8 in place (weights a keep-mask says are pruned become
-    exactly zero first) and attach its record."""
-    weight = layer.weight.data
-    if keep is not None:
-        weight.masked_fill_(~keep.to(weight.device), 0)
+def rounded(weight: torch.Tensor, strategy: Fp8Strategy) -> tuple[torch.Tensor, Fp8Quant]:
+    """`weight` rounded to FP8 (dequantized, in its dtype) and its record."""
     scale = fp8_weight_scale(weight, strategy)
-    weight.copy_(fp8_dequantize(fp8_codes(weight, scale, strategy), scale, strategy))
-    record = Fp8Quant(scale.cpu(), strategy)
-    setattr(layer, QUANT_ATTR, record)
-    return record
+    values = fp8_dequantize(fp8_codes(weight, scale, strategy), scale, strategy)
+    return values, Fp8Quant(scale.cpu(), strategy)

@@ -30,7 +30,7 @@ from compressors.engine.modules import in_features
 from compressors.engine.quantization import keep_mask, skipped_layers, target_layers
 from compressors.engine.schemes import SchemeRecord, input_peaks, precision
 from compressors.engine.sequential import BlockContext, run_blockwise, run_sequential
-from compressors.methods.fp8.checkpoint import FORMAT, Fp8Quant, install
+from compressors.methods.fp8.checkpoint import FORMAT, Fp8Quant, rounded
 from compressors.methods.fp8.config import Fp8Config
 from compressors.methods.fp8.section import Fp8Section
 from compressors.ops.float_quant import (
@@ -86,7 +86,7 @@ def run(model: nn.Module, config: Fp8Config, context: StepContext) -> StepResult
         for name, layer in layers.items():
             keep = keep_mask(layer, name, context)
             records[name] = record.quantize(name, layer, keep,
-                                            partial(install, layer, config.weights, keep))
+                                            partial(rounded, strategy=config.weights))
 
     @torch.no_grad()
     def dynamic_block(block: BlockContext) -> None:

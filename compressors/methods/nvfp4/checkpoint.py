@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from compressors.io.compressed_tensors import QUANT_ATTR
 from compressors.ops.float_quant import (
     FP8,
     NVFP4_GROUP,
@@ -65,17 +63,11 @@ class NVFP4Quant:
         return 4 + 8 / NVFP4_GROUP + 32 / (rows * cols)
 
 
-def install(layer: nn.Module, global_scale: torch.Tensor, keep: torch.Tensor | None
-            ) -> NVFP4Quant:
-    """Round `layer`'s weight to NVFP4 under `global_scale` in place (weights a keep-mask says
-    are pruned become exactly zero first) and attach its record."""
-    weight = layer.weight.data
-    if keep is not None:
-        weight.masked_fill_(~keep.to(weight.device), 0)
+def rounded(weight: torch.Tensor, global_scale: torch.Tensor
+            ) -> tuple[torch.Tensor, NVFP4Quant]:
+    """`weight` rounded to NVFP4 under `global_scale` (dequantized, in its dtype) and its
+    record."""
     global_scale = global_scale.to(weight.device)
     scales = nvfp4_group_scales(weight.unflatten(-1, (-1, NVFP4_GROUP)), global_scale)
-    values = nvfp4_values(weight, scales, global_scale)
-    weight.copy_(nvfp4_dequantize(values, scales, global_scale))
-    record = NVFP4Quant(scales.cpu(), global_scale.cpu().clone())
-    setattr(layer, QUANT_ATTR, record)
-    return record
+    values = nvfp4_dequantize(nvfp4_values(weight, scales, global_scale), scales, global_scale)
+    return values.to(weight.dtype), NVFP4Quant(scales.cpu(), global_scale.cpu().clone())

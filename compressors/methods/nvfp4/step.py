@@ -37,7 +37,7 @@ from compressors.engine.modules import in_features
 from compressors.engine.quantization import keep_mask, skipped_layers, target_layers
 from compressors.engine.schemes import SchemeRecord, input_peaks, precision
 from compressors.engine.sequential import BlockContext, run_blockwise, run_sequential
-from compressors.methods.nvfp4.checkpoint import FORMAT, NVFP4Quant, install
+from compressors.methods.nvfp4.checkpoint import FORMAT, NVFP4Quant, rounded
 from compressors.methods.nvfp4.config import GROUP, NVFP4Config
 from compressors.methods.nvfp4.section import NVFP4Section
 from compressors.ops.float_quant import FP8, nvfp4_activations, nvfp4_global_scale
@@ -82,9 +82,8 @@ def run(model: nn.Module, config: NVFP4Config, context: StepContext) -> StepResu
             if len(group) > 1:
                 shared.append(group)
             for name in group:
-                records[name] = record.quantize(
-                    name, layers[name], keeps[name],
-                    partial(install, layers[name], global_scale, keeps[name]))
+                records[name] = record.quantize(name, layers[name], keeps[name],
+                                                partial(rounded, global_scale=global_scale))
 
     @torch.no_grad()
     def weights_only(block: BlockContext) -> None:
