@@ -23,8 +23,13 @@ protocol's 16k tokens against SmolLM2's 1,536: ten times fewer operations than a
 
 The first point is `s = 1`, so a fold never ends worse than no scaling on its objective
 (`loss_unscaled` vs `loss_best` in the report). The block's function is unchanged by the
-folds; the engine then runs it (unquantized, as llm-compressor does) to give the next block
-its inputs.
+folds.
+
+With `clip` (the step's `clip_search` with `quantizer: rtn`), the same gathering pass also sums
+each quantized layer's per-group Gram blocks of its inputs (once per input: q/k/v share one),
+and once the folds are applied every layer's groups are clamped to the range whose rounding
+least changes its output (`ops.clipping`, on the inputs as the folds left them). The engine
+then runs the block (unquantized, clamped) to give the next block its inputs.
 """
 
 from __future__ import annotations

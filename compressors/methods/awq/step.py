@@ -3,7 +3,8 @@
 1. Scales (`run_sequential`, `scales.scale_block`): for every op that feeds the block's layers
    (`engine.folding`), AWQ's grid search picks per-input-channel scales by the output error of
    the module holding the layers once their scaled weights are rounded on the step's grid, and
-   folds them (the model's function is unchanged).
+   folds them (the model's function is unchanged); with RTN, each group's range is then
+   clipped by its output error on the calibration tokens (`ops.clipping`).
 2. Weights: the `rtn` (default) or `gptq` step, through the registry (`engine.rounding`), on
    the scaled model, with the step's grid fields; its compressed-tensors pack-quantized records
    are the checkpoint's.
