@@ -88,8 +88,8 @@ def test_clipping_rounds_on_the_ranges_it_measured_and_never_raises_their_error(
     weight[0, :7] = 0
     inputs = torch.randn(300, 64, generator=gen) * torch.linspace(0.2, 3, 64)
     grid = Grid(4, 32, symmetric=symmetric)
-    clip = output_clip(weight, grid, group_grams(inputs, 32))
-    rounded = rtn_quantize(clip.weight, grid, search=False).dense()
+    clamped, clip = output_clip(weight, grid, group_grams(inputs, 32))
+    rounded = rtn_quantize(clamped, grid, search=False).dense()
 
     def group_error(approx: torch.Tensor) -> float:
         diff = approx - weight
@@ -102,8 +102,8 @@ def test_clipping_rounds_on_the_ranges_it_measured_and_never_raises_their_error(
     assert clip.error_clipped < clip.error_minmax
     assert 0 < clip.shrunk < 1
     assert bool((rounded[0, :7] == 0).all())
-    untouched = output_clip(weight, grid, torch.zeros(2, 32, 32))
-    assert torch.equal(untouched.weight, weight) and untouched.shrunk == 0
+    untouched, nothing = output_clip(weight, grid, torch.zeros(2, 32, 32))
+    assert torch.equal(untouched, weight) and nothing.shrunk == 0
 
 
 def test_checkpoints_reload_with_stock_transformers_to_the_evaluated_logits(tmp_path):

@@ -55,11 +55,10 @@ def rescaled_grams(grams: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Clip:
-    """One layer's clipping: the clamped weight, its groups' output error (summed over the
-    calibration tokens) rounded on min-max ranges and on the chosen ones, and the share of
+    """What one layer's clipping did: its groups' output error (summed over the calibration
+    tokens) rounded on min-max ranges and on the chosen ones, and the share of
     `(row, group)`s whose range was shrunk."""
 
-    weight: torch.Tensor
     error_minmax: float
     error_clipped: float
     shrunk: float
@@ -73,11 +72,12 @@ def _clamped(flat: torch.Tensor, grid: Grid, shrink: float | torch.Tensor) -> to
     return torch.clamp(flat, low.unsqueeze(1), high.unsqueeze(1))
 
 
-def output_clip(weight: torch.Tensor, grid: Grid, grams: torch.Tensor) -> Clip:
-    """Clamp each `(row, group)` of `weight [out, in]` to the shrink of its range (20 factors
-    in [0.55, 1]) whose rounding on `grid` least changes the output on inputs with group Gram
-    blocks `grams [groups, width, width]`; min-max (factor 1) wins ties, so a group no token
-    reached keeps its range."""
+def output_clip(weight: torch.Tensor, grid: Grid, grams: torch.Tensor
+                ) -> tuple[torch.Tensor, Clip]:
+    """`weight [out, in]` with each `(row, group)` clamped to the shrink of its range (20
+    factors in [0.55, 1]) whose rounding on `grid` least changes the output on inputs with
+    group Gram blocks `grams [groups, width, width]` (in `weight`'s dtype), and what that did;
+    min-max (factor 1) wins ties, so a group no token reached keeps its range."""
     w = weight.detach().to(torch.float32)
     rows, cols = w.shape
     width = grid.width(cols)
@@ -99,6 +99,6 @@ def output_clip(weight: torch.Tensor, grid: Grid, grams: torch.Tensor) -> Clip:
         best_shrink = torch.where(better, torch.full_like(error, shrink), best_shrink)
     assert best_error is not None and best_shrink is not None and first is not None
     clamped = _clamped(flat, grid, best_shrink).view(rows, cols)
-    return Clip(clamped.to(weight.dtype), float(first.sum(dtype=torch.float64)),
-                float(best_error.sum(dtype=torch.float64)),
-                float((best_shrink < 1).to(torch.float32).mean()))
+    return clamped.to(weight.dtype), Clip(float(first.sum(dtype=torch.float64)),
+                                          float(best_error.sum(dtype=torch.float64)),
+                                          float((best_shrink < 1).to(torch.float32).mean()))

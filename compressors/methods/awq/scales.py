@@ -44,7 +44,7 @@ from torch import nn
 from compressors.engine.folding import Call, Fold, apply_fold, recording_calls, submodule
 from compressors.engine.modules import in_features
 from compressors.engine.sequential import BlockContext, block_output
-from compressors.ops.clipping import group_grams, output_clip, rescaled_grams
+from compressors.ops.clipping import Clip, group_grams, output_clip, rescaled_grams
 from compressors.ops.int_grid import Grid
 from compressors.ops.smoothing import (
     awq_scales,
@@ -69,23 +69,15 @@ class FoldResult:
     loss_best: float
 
 
-@dataclass
-class ClipResult:
-    """The clipping of one layer's groups (`ops.clipping.output_clip`), without the weight."""
-
-    error_minmax: float
-    error_clipped: float
-    shrunk: float
-
-
 @torch.no_grad()
 def scale_block(block: BlockContext, folds: list[Fold], grids: dict[str, Grid],
                 points: list[tuple[float, bool]], objective: Objective, clip: bool
-                ) -> tuple[list[FoldResult], dict[str, ClipResult]]:
+                ) -> tuple[list[FoldResult], dict[str, Clip]]:
     """Search and fold the scales of every fold of the block, in order; then, with `clip`,
     clamp every quantized layer's groups to their output-error ranges (`ops.clipping`)."""
     watched = {next(c for c in f.consumers if c in block.layers): f for f in folds}
     reader = _input_readers(block, watched, grids) if clip else {}
+    sources = set(reader.values())
     tokens = sum(batch.hidden.shape[:-1].numel() for batch in block.inputs)
     by_gram = {name for name, f in watched.items() if objective == "layers" or (
         f.consumers == (f.parent,) and tokens > in_features(block.layers[name]))}
@@ -101,12 +93,12 @@ def scale_block(block: BlockContext, folds: list[Fold], grids: dict[str, Grid],
         if name in by_gram:
             gram = (values.T @ values).to(torch.float64)
             grams[name] = grams[name] + gram if name in grams else gram
-        if name in reader.values():
+        if name in sources:
             found = group_grams(values, grids[name].width(values.shape[1]))
             clip_grams[name] = clip_grams[name] + found if name in clip_grams else found
 
     parents = list(dict.fromkeys(f.parent for n, f in watched.items() if n not in by_gram))
-    observed = {n: block.layers[n] for n in [*watched, *reader.values()]}
+    observed = {n: block.layers[n] for n in [*watched, *sources]}
     with recording_calls(block, parents) as calls:
         counts = BlockContext(block.index, block.name, block.block, observed, block.inputs,
                               block.device).collect(observe)
@@ -142,13 +134,13 @@ def _input_readers(block: BlockContext, watched: dict[str, Fold], grids: dict[st
 
 
 def _clip(layer: nn.Module, grid: Grid, grams: torch.Tensor, scales: torch.Tensor | None
-          ) -> ClipResult:
+          ) -> Clip:
     """Clamp `layer`'s groups in place to their output-error ranges, on its inputs as they
     are now (divided by the fold's scales, its weight multiplied)."""
-    found = output_clip(layer.weight.data, grid,
-                        grams if scales is None else rescaled_grams(grams, scales))
-    layer.weight.data.copy_(found.weight)
-    return ClipResult(found.error_minmax, found.error_clipped, found.shrunk)
+    clamped, found = output_clip(layer.weight.data, grid,
+                                 grams if scales is None else rescaled_grams(grams, scales))
+    layer.weight.data.copy_(clamped)
+    return found
 
 
 def _module_error(parent: nn.Module, calls: list[Call], rounded: dict[str, nn.Module]

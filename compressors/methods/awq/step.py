@@ -31,8 +31,9 @@ from compressors.engine.sequential import BlockContext, run_sequential
 from compressors.io.compressed_tensors import QUANT_ATTR, ct_args
 from compressors.io.scheme_notes import weights_precision
 from compressors.methods.awq.config import AWQConfig
-from compressors.methods.awq.scales import ClipResult, FoldResult, scale_block
+from compressors.methods.awq.scales import FoldResult, scale_block
 from compressors.methods.awq.section import AWQSection, OutputClipping, SearchedFold
+from compressors.ops.clipping import Clip
 from compressors.ops.smoothing import search_points
 from compressors.report.schema import Chart, Series
 
@@ -46,7 +47,7 @@ def run(model: nn.Module, config: AWQConfig, context: StepContext) -> StepResult
     points = search_points(config.grid, config.scales)
     finder = FoldFinder()
     results: list[FoldResult] = []
-    clips: dict[str, ClipResult] = {}
+    clips: dict[str, Clip] = {}
     clip = config.clip_search and config.quantizer == "rtn"  # gptq searches its own
     unscaled: dict[str, str] = {}
     share = 0.9 if config.quantizer == "rtn" else 0.5
@@ -91,7 +92,7 @@ def run(model: nn.Module, config: AWQConfig, context: StepContext) -> StepResult
     return StepResult(details=details, section=section, charts=[*inner.charts, search_chart(folds)])
 
 
-def clip_summary(clips: dict[str, ClipResult]) -> OutputClipping:
+def clip_summary(clips: dict[str, Clip]) -> OutputClipping:
     """The clipping over every layer: output errors summed, the share of groups shrunk."""
     return OutputClipping(
         layers=len(clips),
